@@ -1,0 +1,27 @@
+"""Device adapters for iot-gateway.
+
+This package never imports ``gateway``: an adapter depends only on the interface
+defined here, so third-party adapters can be written against it alone.
+"""
+
+from devices.base import (
+    Adapter,
+    DeviceConfig,
+    DeviceError,
+    DeviceEvents,
+    JsonObject,
+    NoParams,
+    Params,
+    PreconditionFailedError,
+)
+
+__all__ = [
+    "Adapter",
+    "DeviceConfig",
+    "DeviceError",
+    "DeviceEvents",
+    "JsonObject",
+    "NoParams",
+    "Params",
+    "PreconditionFailedError",
+]

@@ -1,0 +1,93 @@
+"""The adapter interface every device type implements, built-in or third-party."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+JsonObject = dict[str, Any]
+
+
+class DeviceError(Exception):
+    """The device failed to carry out an action (answered as ``device_error``)."""
+
+
+class PreconditionFailedError(DeviceError):
+    """The device refuses the action in its current state (``precondition_failed``)."""
+
+
+class DeviceConfig(BaseModel):
+    """Fields every device entry has; adapters subclass it with their own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    type: str
+    depends_on: tuple[str, ...] = ()
+    timeout: float | None = Field(default=None, gt=0)
+
+
+class Params(BaseModel):
+    """Base for action parameter models: strict types, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoParams(Params):
+    """An action that takes no parameters."""
+
+
+class DeviceEvents(Protocol):
+    """What an adapter tells its host about changes it did not cause by a command."""
+
+    def state_changed(self, state: Mapping[str, Any], *, force: bool = False) -> None:
+        """The device's state is now ``state``; ``force`` republishes it unchanged."""
+
+    def connection_lost(self, reason: str) -> None:
+        """The device dropped its connection; the host reopens it with backoff."""
+
+
+class Adapter(abc.ABC):
+    """One device. The host calls ``open``, then ``execute`` one action at a time.
+
+    Subclasses set ``config_model`` and ``actions`` (action name to its parameter
+    model) and keep ``state`` current through ``update_state``.
+    """
+
+    config_model: ClassVar[type[DeviceConfig]] = DeviceConfig
+    actions: ClassVar[Mapping[str, type[Params]]] = {}
+
+    def __init__(self, config: DeviceConfig, events: DeviceEvents) -> None:
+        """Bind the adapter to its validated config and its host's event sink."""
+        self.config = config
+        self.events = events
+        self.state: JsonObject = {}
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect to the device; raise to report that it is unreachable."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect; must be safe to call more than once and after a failed open."""
+
+    async def background(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Work the device does on its own while online (polling, readings).
+
+        The host runs it after ``open`` and cancels it before ``close``. The
+        default has none.
+        """
+
+    @abc.abstractmethod
+    async def execute(self, action: str, params: Params) -> None:
+        """Carry out ``action`` (a key of ``actions``) with validated ``params``."""
+
+    def update_state(self, *, force: bool = False, **changes: Any) -> None:  # noqa: ANN401
+        """Merge ``changes`` into ``state`` and tell the host."""
+        self.state.update(changes)
+        self.events.state_changed(self.state, force=force)

@@ -1,0 +1,178 @@
+"""Simulated devices for demos and tests: a switch, a light, a speaker and a sensor."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field
+
+from devices.base import (
+    Adapter,
+    DeviceConfig,
+    DeviceError,
+    DeviceEvents,
+    NoParams,
+    Params,
+    PreconditionFailedError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class SimulatedConfig(DeviceConfig):
+    """Knobs every simulated device takes."""
+
+    latency: float = Field(default=0, ge=0)
+    connect_delay: float = Field(default=0, ge=0)
+    fail_on: tuple[str, ...] = ()
+    open_failures: int = Field(default=0, ge=0)
+    """How many opens fail before one succeeds (to show retry with backoff)."""
+
+
+class SensorConfig(SimulatedConfig):
+    """A sensor also publishes a reading every ``interval`` seconds."""
+
+    interval: float = Field(default=30, gt=0)
+
+
+class Level(Params):
+    """A level from 0 to 100 (brightness, volume)."""
+
+    level: int = Field(ge=0, le=100)
+
+
+class Song(Params):
+    """The song to play."""
+
+    song: str = Field(min_length=1)
+
+
+_POWER_ACTIONS: Mapping[str, type[Params]] = {
+    "turn_on": NoParams,
+    "turn_off": NoParams,
+    "toggle": NoParams,
+}
+
+
+class SimulatedDevice(Adapter):
+    """Shared behaviour: connect delay, latency, injected failures."""
+
+    config_model: ClassVar[type[DeviceConfig]] = SimulatedConfig
+    initial_state: ClassVar[Mapping[str, object]] = {}
+    config: SimulatedConfig
+
+    def __init__(self, config: DeviceConfig, events: DeviceEvents) -> None:
+        """Start with no failed opens."""
+        super().__init__(config, events)
+        self._opens_failed = 0
+
+    async def open(self) -> None:
+        """Connect after ``connect_delay``; fail the first ``open_failures`` times."""
+        await asyncio.sleep(self.config.connect_delay)
+        if self._opens_failed < self.config.open_failures:
+            self._opens_failed += 1
+            raise DeviceError(f"simulated connect failure {self._opens_failed}")
+        if not self.state:
+            self.state.update(self.initial_state)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def execute(self, action: str, params: Params) -> None:
+        """Wait ``latency``, fail if asked to, then apply the action."""
+        await asyncio.sleep(self.config.latency)
+        if action in self.config.fail_on:
+            raise DeviceError(f"simulated failure of {action!r}")
+        await self.apply(action, params)
+
+    async def apply(self, action: str, params: Params) -> None:
+        """Change the state for ``action``; the power actions are shared."""
+        del params
+        power = {"turn_on": "on", "turn_off": "off"}.get(action)
+        if action == "toggle":
+            power = "off" if self.state.get("power") == "on" else "on"
+        if power is not None:
+            self.update_state(power=power)
+
+
+class SimulatedSwitch(SimulatedDevice):
+    """An on/off switch."""
+
+    actions: ClassVar[Mapping[str, type[Params]]] = _POWER_ACTIONS
+    initial_state: ClassVar[Mapping[str, object]] = {"power": "off"}
+
+
+class SimulatedLight(SimulatedDevice):
+    """A dimmable light."""
+
+    actions: ClassVar[Mapping[str, type[Params]]] = {**_POWER_ACTIONS, "set_brightness": Level}
+    initial_state: ClassVar[Mapping[str, object]] = {"power": "off", "brightness": 100}
+
+    async def apply(self, action: str, params: Params) -> None:
+        """Set the brightness, or switch power."""
+        if isinstance(params, Level):
+            self.update_state(brightness=params.level)
+        else:
+            await super().apply(action, params)
+
+
+class SimulatedSpeaker(SimulatedDevice):
+    """A speaker that plays only while on."""
+
+    actions: ClassVar[Mapping[str, type[Params]]] = {
+        "turn_on": NoParams,
+        "turn_off": NoParams,
+        "set_volume": Level,
+        "play": Song,
+        "stop": NoParams,
+    }
+    initial_state: ClassVar[Mapping[str, object]] = {"power": "off", "volume": 50, "playing": None}
+
+    async def apply(self, action: str, params: Params) -> None:
+        """Play, stop, set the volume, or switch power (off also stops)."""
+        if isinstance(params, Level):
+            self.update_state(volume=params.level)
+        elif isinstance(params, Song):
+            if self.state["power"] != "on":
+                raise PreconditionFailedError("cannot play while the speaker is off")
+            self.update_state(playing=params.song)
+        elif action == "stop":
+            self.update_state(playing=None)
+        elif action == "turn_off":
+            self.update_state(power="off", playing=None)
+        else:
+            await super().apply(action, params)
+
+
+class SimulatedSensor(SimulatedDevice):
+    """A temperature and humidity sensor that reports every ``interval``."""
+
+    config_model: ClassVar[type[DeviceConfig]] = SensorConfig
+    actions: ClassVar[Mapping[str, type[Params]]] = {"read": NoParams}
+    config: SensorConfig
+
+    async def open(self) -> None:
+        """Connect and take a first reading."""
+        await super().open()
+        self.state.update(self._reading())
+
+    async def background(self) -> None:
+        """Publish a fresh reading every interval, changed or not."""
+        while True:
+            await asyncio.sleep(self.config.interval)
+            self.update_state(force=True, **self._reading())
+
+    async def apply(self, action: str, params: Params) -> None:
+        """Take a reading now."""
+        del action, params
+        self.update_state(force=True, **self._reading())
+
+    @staticmethod
+    def _reading() -> dict[str, float]:
+        return {
+            "temperature": round(random.uniform(18, 24), 1),  # noqa: S311
+            "humidity": round(random.uniform(35, 55), 1),  # noqa: S311
+        }

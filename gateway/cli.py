@@ -1,0 +1,82 @@
+"""The ``iot-gateway`` command: the only place that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from gateway.config import CONFIG_ENV_VAR, ConfigError, load_config
+from gateway.logs import setup_logging
+from gateway.registry import AdapterRegistry
+from gateway.supervisor import Gateway, install_signal_handlers
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from gateway.config import Config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd units skip restarts on it
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the chosen command."""
+    args = _parser().parse_args(argv)
+    path = args.config or os.environ.get(CONFIG_ENV_VAR)
+    try:
+        config = load_config(path, AdapterRegistry.from_entry_points())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)  # noqa: T201
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(f"{path}: OK ({len(config.devices)} devices)")  # noqa: T201
+        return EXIT_OK
+    return run(config)
+
+
+def run(config: Config) -> int:
+    """Run the daemon until a signal; 0 after a clean stop, 1 on a crash."""
+    setup_logging(config.settings.logging)
+    try:
+        asyncio.run(_serve(config))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except Exception:
+        log.exception("the gateway crashed")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _serve(config: Config) -> None:
+    gateway = Gateway(config, AdapterRegistry.from_entry_points())
+    install_signal_handlers(gateway)
+    await gateway.serve()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iot-gateway", description="MQTT IoT gateway daemon.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run the gateway until SIGTERM or SIGINT"),
+        ("check-config", "validate the configuration without connecting"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help=f"YAML configuration file (default: ${CONFIG_ENV_VAR})",
+        )
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

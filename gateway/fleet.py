@@ -1,0 +1,143 @@
+"""Every device runner: started together, stopped in reverse dependency order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gateway.device_runner import DeviceRunner, Status
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from gateway.config import Config
+    from gateway.messages import Outbound
+    from gateway.registry import AdapterRegistry
+    from gateway.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Fleet:
+    """Owns the device runners and their tasks."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: AdapterRegistry,
+        topics: Topics,
+        publish: Callable[[Outbound], None],
+    ) -> None:
+        """Build a runner per device, dependencies before dependents."""
+        self.runners: dict[str, DeviceRunner] = {}
+        settings = config.settings.gateway
+        for device in _dependency_order(config):
+            deps = [self.runners[d] for d in device.depends_on]
+            runner = DeviceRunner(
+                config=device,
+                adapter_type=registry.get(device.type),
+                settings=settings,
+                topics=topics,
+                publish=publish,
+                dependencies=deps,
+            )
+            for dep in deps:
+                dep.dependents.append(runner)
+            self.runners[device.id] = runner
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def __iter__(self) -> Iterator[DeviceRunner]:
+        """Runners, dependencies first."""
+        return iter(self.runners.values())
+
+    def get(self, device_id: str) -> DeviceRunner | None:
+        """The runner for ``device_id``, if there is such a device."""
+        return self.runners.get(device_id)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The ``gateway/devices`` list: id, type, dependencies, action schemas."""
+        return [
+            {
+                "id": r.id,
+                "type": r.config.type,
+                "depends_on": list(r.config.depends_on),
+                "actions": {
+                    name: model.model_json_schema()
+                    for name, model in r.adapter_type.actions.items()
+                },
+            }
+            for r in self
+        ]
+
+    def describe_json(self) -> bytes:
+        """``describe`` as a payload."""
+        return json.dumps(self.describe(), separators=(",", ":")).encode()
+
+    @property
+    def started(self) -> bool:
+        """Every device has had its first connect (online or given up)."""
+        return all(r.status is not Status.CONNECTING for r in self)
+
+    async def run(self) -> None:
+        """Run every device until cancelled; each connects once its dependencies are up."""
+        async with asyncio.TaskGroup() as tasks:
+            for runner in self:
+                self._tasks[runner.id] = tasks.create_task(
+                    runner.run(), name=f"device:{runner.id}"
+                )
+
+    async def shutdown(self, grace: float) -> None:
+        """Cancel queued work, give running actions ``grace`` seconds, close all."""
+        for runner in self:
+            runner.stop_accepting()
+        try:
+            async with asyncio.timeout(grace):
+                await _until_idle(list(self))
+        except TimeoutError:
+            busy = [r.id for r in self if r.busy]
+            log.warning("shutdown grace of %g s is over; cancelling %s", grace, ", ".join(busy))
+            for runner in self:
+                runner.cancel_running()
+            await _until_idle(list(self))
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._close_in_reverse_order()
+
+    async def _close_in_reverse_order(self) -> None:
+        closed = {r.id: asyncio.Event() for r in self}
+
+        async def close(runner: DeviceRunner) -> None:
+            for dependent in runner.dependents:
+                await closed[dependent.id].wait()
+            await runner.close()
+            closed[runner.id].set()
+            log.info("device %s closed", runner.id)
+
+        async with asyncio.TaskGroup() as tasks:
+            for runner in self:
+                tasks.create_task(close(runner))
+
+
+async def _until_idle(runners: list[DeviceRunner]) -> None:
+    """Wait until no runner has an action running."""
+    await asyncio.gather(*(runner.idle.wait() for runner in runners))
+
+
+def _dependency_order(config: Config) -> list[Any]:
+    """Devices sorted so each comes after everything it depends on."""
+    by_id = {d.id: d for d in config.devices}
+    ordered: dict[str, Any] = {}
+
+    def visit(device_id: str) -> None:
+        if device_id in ordered:
+            return
+        for dep in by_id[device_id].depends_on:
+            visit(dep)
+        ordered[device_id] = by_id[device_id]
+
+    for device_id in by_id:
+        visit(device_id)
+    return list(ordered.values())

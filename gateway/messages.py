@@ -1,0 +1,78 @@
+"""MQTT messages as the rest of the gateway sees them, and the outbox that holds ours."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message the broker delivered to us."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # identity: two equal messages are two
+class Outbound:
+    """A message to publish at QoS 1."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    correlation_data: bytes | None = None
+
+
+class Outbox:
+    """Messages waiting for the broker, in order; they survive a lost connection.
+
+    Retained messages (state, availability) are dropped on reconnect, because the
+    gateway then republishes the current ones; results are kept until sent.
+    """
+
+    def __init__(self) -> None:
+        """Start empty and open."""
+        self._queue: collections.deque[Outbound] = collections.deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        """How many messages wait."""
+        return len(self._queue)
+
+    def put(self, message: Outbound) -> None:
+        """Queue ``message`` behind the others."""
+        self._queue.append(message)
+        self._ready.set()
+
+    def requeue(self, messages: Iterable[Outbound]) -> None:
+        """Put messages that were not acknowledged back in front, in their order."""
+        self._queue.extendleft(reversed(list(messages)))
+        self._ready.set()
+
+    def drop_retained(self) -> None:
+        """Forget queued retained messages; the caller republishes the current ones."""
+        self._queue = collections.deque(m for m in self._queue if not m.retain)
+
+    def close(self) -> None:
+        """No more messages will come: ``get`` returns None once empty."""
+        self._closed = True
+        self._ready.set()
+
+    async def get(self) -> Outbound | None:
+        """The next message, waiting for one; None when closed and empty."""
+        while not self._queue:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()

@@ -1,0 +1,222 @@
+"""The MQTT session: the only module that imports aiomqtt.
+
+It connects with a will, subscribes, republishes the gateway's announcements
+after every connect, feeds inbound messages to a handler and drains the outbox,
+and reconnects with jittered backoff, making a new client per attempt (a reused
+aiomqtt client can report itself connected before the broker's CONNACK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING, Protocol
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.backoff import Backoff
+from gateway.messages import Inbound, Outbound, Outbox
+
+if TYPE_CHECKING:
+    from gateway.config import MqttSettings
+    from gateway.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class SessionHandler(Protocol):
+    """What the session calls back into."""
+
+    def announcements(self) -> list[Outbound]:
+        """Messages to publish first after every connect (status, devices, ...)."""
+
+    def on_message(self, message: Inbound) -> None:
+        """One inbound message; must not block."""
+
+    def on_connection(self, *, connected: bool) -> None:
+        """The broker connection came up (subscribed, announced) or went down."""
+
+
+class MqttSession:
+    """Keeps one logical, persistent MQTT session alive across connections."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        topics: Topics,
+        outbox: Outbox,
+        handler: SessionHandler,
+    ) -> None:
+        """Nothing connects until ``run``."""
+        self._settings = settings
+        self._topics = topics
+        self._outbox = outbox
+        self._handler = handler
+        self._v5 = settings.protocol == "5"
+        self._backoff = Backoff(settings.reconnect.min_delay, settings.reconnect.max_delay)
+        # Published but not yet acknowledged, in publish order (identity-keyed).
+        self._in_flight: dict[Outbound, None] = {}
+        self._reconnects = 0
+
+    @property
+    def reconnects(self) -> int:
+        """How many times a connection was lost and re-established."""
+        return self._reconnects
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect; returns once the outbox is closed and drained."""
+        first = True
+        while (reason := await self._connection(first=first)) is not None:
+            first = False
+            self._handler.on_connection(connected=False)
+            self._outbox.requeue(self._in_flight)
+            self._in_flight.clear()
+            delay = self._backoff.next_delay()
+            log.warning(
+                "MQTT: %s; reconnecting to %s:%d in %.1f s",
+                reason,
+                self._settings.host,
+                self._settings.port,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _connection(self, *, first: bool) -> str | None:
+        """Serve one connection; return why it failed, or None after a clean finish."""
+        try:
+            await self._serve_connection(first=first)
+        except aiomqtt.MqttError as exc:
+            return str(exc) or type(exc).__name__
+        except ExceptionGroup as group:
+            mqtt_errors, others = group.split(aiomqtt.MqttError)
+            if others is not None or mqtt_errors is None:
+                raise
+            return "; ".join(str(exc) or type(exc).__name__ for exc in mqtt_errors.exceptions)
+        return None
+
+    async def _serve_connection(self, *, first: bool) -> None:
+        async with self._make_client() as client:
+            await self._subscribe(client)
+            self._outbox.drop_retained()
+            for message in self._handler.announcements():
+                await self._publish(client, message)
+            self._backoff.reset()
+            self._reconnects += 0 if first else 1
+            log.info(
+                "MQTT: connected to %s:%d%s",
+                self._settings.host,
+                self._settings.port,
+                "" if first else " again",
+            )
+            self._handler.on_connection(connected=True)
+            async with asyncio.TaskGroup() as tasks:
+                reader = tasks.create_task(self._read(client))
+                await self._drain_outbox(client)
+                reader.cancel()
+            self._handler.on_connection(connected=False)
+
+    def _make_client(self) -> aiomqtt.Client:
+        s = self._settings
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = s.session_expiry
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self._topics.status, b"offline", qos=1, retain=True),
+            clean_session=None if self._v5 else False,
+            clean_start=False,
+            keepalive=s.keepalive,
+            properties=properties,
+            tls_context=_tls_context(s),
+            max_inflight_messages=s.max_inflight,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            logger=logging.getLogger("gateway.mqtt.client"),
+        )
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        if self._v5:
+            # MQTT 5 §3.8.3.1: Retain Handling 2 sends no retained messages on subscribe.
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            granted = await client.subscribe(self._topics.command_filter, options=options)
+        else:
+            granted = await client.subscribe(self._topics.command_filter, qos=1)
+        codes = [code if isinstance(code, int) else code.value for code in granted]
+        if any(code >= 0x80 for code in codes):  # noqa: PLR2004 - MQTT 5 §3.9.3 failure codes
+            log.error(
+                "MQTT: the broker refused the subscription to %s (reason %s); check the ACL",
+                self._topics.command_filter,
+                codes,
+            )
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self._handler.on_message(_inbound(message))
+
+    async def _drain_outbox(self, client: aiomqtt.Client) -> None:
+        window = asyncio.Semaphore(self._settings.max_inflight)
+        async with asyncio.TaskGroup() as tasks:
+            while (message := await self._outbox.get()) is not None:
+                await window.acquire()
+                self._in_flight[message] = None
+                tasks.create_task(self._publish_tracked(client, message, window))
+
+    async def _publish_tracked(
+        self, client: aiomqtt.Client, message: Outbound, window: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._publish(client, message)
+        finally:
+            window.release()
+        self._in_flight.pop(message, None)
+
+    async def _publish(self, client: aiomqtt.Client, message: Outbound) -> None:
+        properties = None
+        if self._v5 and message.correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = message.correlation_data
+        await client.publish(
+            message.topic,
+            message.payload,
+            qos=1,
+            retain=message.retain,
+            properties=properties,
+        )
+
+
+def _inbound(message: aiomqtt.Message) -> Inbound:
+    payload = message.payload
+    if isinstance(payload, str):
+        payload = payload.encode()
+    elif not isinstance(payload, bytes | bytearray):
+        payload = b"" if payload is None else str(payload).encode()
+    props = message.properties
+    response_topic = getattr(props, "ResponseTopic", None) if props else None
+    correlation = getattr(props, "CorrelationData", None) if props else None
+    return Inbound(
+        topic=message.topic.value,
+        payload=bytes(payload),
+        retain=message.retain,
+        response_topic=response_topic or None,
+        correlation_data=correlation,
+    )
+
+
+def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
