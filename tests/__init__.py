@@ -1,0 +1,1 @@
+"""The test suite; runs against real Mosquitto brokers."""
