@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -104,11 +105,44 @@ async def started(config: Config, probe: Probe) -> AsyncIterator[Gateway]:
         yield gateway
 
 
-def gateway_process(config_path: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """Start ``python -m gateway run -c FILE`` as a real process."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "-c", str(config_path), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-    )
+@contextlib.contextmanager
+def gateway_process(config_path: Path, **env: str) -> Iterator[GatewayProcess]:
+    """Run ``python -m gateway run -c FILE`` as a real process; killed on exit."""
+    process = GatewayProcess(config_path, env)
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+class GatewayProcess:
+    """The gateway as a child process, its stderr kept in a file beside the config."""
+
+    def __init__(self, config_path: Path, env: dict[str, str]) -> None:
+        """Start it."""
+        self.log_path = config_path.with_suffix(".log")
+        with self.log_path.open("wb") as log:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, **env},
+            )
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the process."""
+        self.popen.send_signal(sig)
+
+    async def wait(self, timeout: float) -> int:
+        """Wait for the exit code without blocking the event loop."""
+        return await asyncio.wait_for(asyncio.to_thread(self.popen.wait), timeout)
+
+    def log(self) -> str:
+        """What it wrote to stderr."""
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        """Make sure it is gone."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 import aiomqtt
@@ -30,6 +31,7 @@ class Received:
     payload: bytes
     retain: bool
     correlation_data: bytes | None = None
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def text(self) -> str:
