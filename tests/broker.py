@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -36,6 +37,8 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
+            # As root, mosquitto would drop to user `mosquitto`, who cannot write here.
+            f"user {getpass.getuser()}",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {workdir}/",
             "autosave_interval 1",
