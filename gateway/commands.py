@@ -115,6 +115,7 @@ class Result:
     duration_ms: float = 0.0
     duplicate: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None  # Unix time the device started it (not published)
 
     @property
     def ok(self) -> bool:

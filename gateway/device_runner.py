@@ -36,12 +36,10 @@ class Status(enum.Enum):
 
 @dataclass(slots=True)
 class Job:
-    """A queued command and what to do with its result."""
+    """A queued command; ``done`` gets its result."""
 
     command: Command
     params: Params
-    received: float  # time.monotonic() on arrival
-    answer: Callable[[Result], None]
     done: asyncio.Future[Result] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -50,7 +48,6 @@ class Job:
         """Answer once; later answers (there should be none) are ignored."""
         if not self.done.done():
             self.done.set_result(result)
-            self.answer(result)
 
 
 class DeviceRunner:
@@ -196,7 +193,7 @@ class DeviceRunner:
 
     async def _execute(self, job: Job) -> Result:
         command = job.command
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
 
         def result(
             error: CommandError | None = None, state: dict[str, Any] | None = None
@@ -208,6 +205,7 @@ class DeviceRunner:
                 error=error,
                 state=state,
                 duration_ms=(time.monotonic() - started) * 1000,
+                started_at=started_at,
             )
 
         if self._closing:

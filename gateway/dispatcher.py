@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from gateway.commands import InvalidCommandError, Result, new_id, parse_command
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.commands import Command
     from gateway.config import GatewaySettings
     from gateway.fleet import Fleet
+    from gateway.scenes import SceneRunner
     from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,14 @@ class Dispatcher:
         topics: Topics,
         fleet: Fleet,
         publish: Callable[[Outbound], None],
-        gateway_commands: Callable[[Command, Callable[[Result], None]], None] | None = None,
+        scenes: SceneRunner,
     ) -> None:
         """Wire the dispatcher to the devices and the outbox."""
         self._settings = settings
         self._topics = topics
         self._fleet = fleet
         self._publish = publish
-        self._gateway_commands = gateway_commands
+        self._scenes = scenes
         self._dedupe = DedupeWindow(settings.dedupe_window)
         self.closing = False
 
@@ -52,7 +52,6 @@ class Dispatcher:
         if device is None:
             log.debug("ignoring a message on %s", message.topic)
             return
-        received = time.monotonic()
 
         def answer(result: Result) -> None:
             self._answer(message, result)
@@ -63,7 +62,7 @@ class Dispatcher:
             answer(Result(id=exc.command_id or new_id(), device=device, action=None, error=exc))
             return
         try:
-            self._route(device, command, received, answer)
+            self._route(device, command, answer)
         except CommandError as exc:
             answer(Result(id=command.id, device=device, action=command.action, error=exc))
 
@@ -85,29 +84,34 @@ class Dispatcher:
             )
         return command
 
-    def _route(
-        self,
-        device: str,
-        command: Command,
-        received: float,
-        answer: Callable[[Result], None],
-    ) -> None:
-        if device == GATEWAY and self._gateway_commands is not None:
-            self._gateway_commands(command, answer)
-            return
-        runner = self._fleet.get(device)
-        if runner is None:
-            raise CommandError(ErrorCode.UNKNOWN_DEVICE, f"no device {device!r}")
-        params = validate_params(runner.adapter_type, command.action, command.params)
+    def _route(self, device: str, command: Command, answer: Callable[[Result], None]) -> None:
+        """Validate against the target, then answer a repeat or start the command."""
+        start = self._prepare(device, command)
         first_run = self._dedupe.get(device, command.id)
         if first_run is not None:
             _when_done(first_run, lambda result: answer(_as_duplicate(result)))
             return
         if self.closing:
             raise CommandError(ErrorCode.CANCELLED, "the gateway is shutting down")
-        job = Job(command, params, received, answer)
-        runner.submit(job)
-        self._dedupe.remember(device, command.id, job.done)
+        done = start()
+        self._dedupe.remember(device, command.id, done)
+        _when_done(done, answer)
+
+    def _prepare(self, device: str, command: Command) -> Callable[[], asyncio.Future[Result]]:
+        """Check device, action and params; return what starts the command."""
+        if device == GATEWAY:
+            plan = self._scenes.plan(command)
+            return lambda: self._scenes.start(command, plan)
+        runner = self._fleet.get(device)
+        if runner is None:
+            raise CommandError(ErrorCode.UNKNOWN_DEVICE, f"no device {device!r}")
+        job = Job(command, validate_params(runner.adapter_type, command.action, command.params))
+
+        def submit() -> asyncio.Future[Result]:
+            runner.submit(job)
+            return job.done
+
+        return submit
 
     def _answer(self, message: Inbound, result: Result) -> None:
         if result.error is not None:

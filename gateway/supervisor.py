@@ -9,16 +9,15 @@ import signal
 from typing import TYPE_CHECKING
 
 from gateway.dispatcher import Dispatcher
-from gateway.errors import CommandError, ErrorCode
 from gateway.fleet import Fleet
 from gateway.messages import Inbound, Outbound, Outbox
 from gateway.mqtt import MqttSession
+from gateway.scenes import SceneRunner
 from gateway.topics import Topics
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
-    from gateway.commands import Command, Result
     from gateway.config import Config
     from gateway.registry import AdapterRegistry
 
@@ -39,12 +38,9 @@ class Gateway:
         self.topics = Topics(settings.mqtt.base_topic)
         self.outbox = Outbox()
         self.fleet = Fleet(config, registry, self.topics, self.outbox.put)
+        self.scenes = SceneRunner(settings.scenes, self.fleet, registry)
         self.dispatcher = Dispatcher(
-            settings.gateway,
-            self.topics,
-            self.fleet,
-            self.outbox.put,
-            self._gateway_command,
+            settings.gateway, self.topics, self.fleet, self.outbox.put, self.scenes
         )
         self.session = MqttSession(settings.mqtt, self.topics, self.outbox, self)
         self.connected = False
@@ -64,6 +60,7 @@ class Gateway:
         messages = [
             Outbound(self.topics.status, b"online", retain=True),
             Outbound(self.topics.device_list, self.fleet.describe_json(), retain=True),
+            Outbound(self.topics.scenes, self.scenes.describe_json(), retain=True),
         ]
         for runner in self.fleet:
             messages += runner.announcements()
@@ -76,12 +73,6 @@ class Gateway:
     def on_connection(self, *, connected: bool) -> None:
         """Track the broker connection (for readiness)."""
         self.connected = connected
-
-    def _gateway_command(self, command: Command, answer: Callable[[Result], None]) -> None:
-        del answer
-        raise CommandError(
-            ErrorCode.UNKNOWN_ACTION, f"the gateway has no action {command.action!r}"
-        )
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -107,16 +98,19 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.fleet.run(), name="fleet")
+                scenes = tasks.create_task(self.scenes.run(), name="scenes")
                 session = tasks.create_task(self.session.run(), name="mqtt")
                 await self.should_exit.wait()
-                await self._shutdown(session)
+                await self._shutdown(session, scenes)
         finally:
             self.stopped.set()
         log.info("stopped")
 
-    async def _shutdown(self, session: asyncio.Task[None]) -> None:
+    async def _shutdown(self, session: asyncio.Task[None], scenes: asyncio.Task[None]) -> None:
         self.dispatcher.closing = True
+        self.scenes.stop()
         await self.fleet.shutdown(self.config.settings.gateway.shutdown_grace)
+        await scenes  # every scene has its steps answered by now, so it answers too
         self.outbox.put(Outbound(self.topics.status, b"offline", retain=True))
         self.outbox.close()
         done, _ = await asyncio.wait({session}, timeout=FLUSH_TIMEOUT)

@@ -1,0 +1,201 @@
+"""Gateway commands: ``run_scene`` and ``run_steps``, run as a DAG of device commands.
+
+Each step starts the moment every step in its ``after`` has succeeded, and goes
+through its device's ordinary queue, so per-device order holds across scenes
+and plain commands alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from gateway.commands import Command, Result
+from gateway.device_runner import Job
+from gateway.errors import CommandError, ErrorCode, format_path, validate_params
+from gateway.steps import Scene, Step, check_steps
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from devices import Params
+    from gateway.device_runner import DeviceRunner
+    from gateway.fleet import Fleet
+    from gateway.registry import AdapterRegistry
+
+ACTIONS = ("run_scene", "run_steps")
+_STEP_LIST = TypeAdapter(list[Step])
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    """A validated step, bound to its device runner."""
+
+    step: Step
+    runner: DeviceRunner
+    params: Params
+
+
+class SceneRunner:
+    """Validates gateway commands and runs their steps; owns the running scenes."""
+
+    def __init__(
+        self, scenes: Mapping[str, Scene], fleet: Fleet, registry: AdapterRegistry
+    ) -> None:
+        """Nothing runs until ``run``."""
+        self._scenes = scenes
+        self._fleet = fleet
+        self._registry = registry
+        self._tasks: asyncio.TaskGroup | None = None
+        self._stop = asyncio.Event()
+        self.closing = False
+
+    def describe_json(self) -> bytes:
+        """The retained ``gateway/scenes`` payload: each scene and its steps."""
+        listing = [
+            {"name": name, "steps": [step.model_dump() for step in scene.steps]}
+            for name, scene in self._scenes.items()
+        ]
+        return json.dumps(listing, separators=(",", ":")).encode()
+
+    def plan(self, command: Command) -> list[PlannedStep]:
+        """Check the whole command before any step runs (``invalid_params`` if not)."""
+        steps, where = self._steps_of(command)
+        devices = {runner.id: runner.config for runner in self._fleet}
+        problems = check_steps(steps, devices, self._registry, where=where)
+        if problems:
+            raise CommandError(ErrorCode.INVALID_PARAMS, "; ".join(problems))
+        planned = []
+        for step in steps:
+            runner = self._fleet.runners[step.device]
+            params = validate_params(runner.adapter_type, step.action, step.params)
+            planned.append(PlannedStep(step, runner, params))
+        return planned
+
+    def _steps_of(self, command: Command) -> tuple[list[Step], str]:
+        params = command.params
+        if command.action == "run_scene":
+            name = params.get("scene")
+            if set(params) != {"scene"} or not isinstance(name, str):
+                raise CommandError(
+                    ErrorCode.INVALID_PARAMS, "run_scene takes exactly {'scene': <name>}"
+                )
+            if name not in self._scenes:
+                known = ", ".join(sorted(self._scenes)) or "none"
+                raise CommandError(
+                    ErrorCode.INVALID_PARAMS, f"params.scene: unknown scene {name!r} ({known})"
+                )
+            return list(self._scenes[name].steps), f"scenes.{name}"
+        if command.action == "run_steps":
+            if set(params) != {"steps"}:
+                raise CommandError(ErrorCode.INVALID_PARAMS, "run_steps takes {'steps': [...]}")
+            try:
+                return _STEP_LIST.validate_python(params["steps"]), "params.steps"
+            except ValidationError as exc:
+                raise CommandError(ErrorCode.INVALID_PARAMS, _describe(exc)) from None
+        actions = ", ".join(ACTIONS)
+        raise CommandError(
+            ErrorCode.UNKNOWN_ACTION, f"the gateway has no action {command.action!r} ({actions})"
+        )
+
+    def start(self, command: Command, plan: list[PlannedStep]) -> asyncio.Future[Result]:
+        """Run a planned command in the background; the future gets its result."""
+        if self._tasks is None or self.closing:
+            raise CommandError(ErrorCode.CANCELLED, "the gateway is shutting down")
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._tasks.create_task(self._run(command, plan, done))
+        return done
+
+    async def run(self) -> None:
+        """Own the running scenes until ``stop``; then wait for them to finish."""
+        async with asyncio.TaskGroup() as self._tasks:
+            await self._stop.wait()
+
+    def stop(self) -> None:
+        """Take no more scenes; ``run`` returns once the running ones have answered."""
+        self.closing = True
+        self._stop.set()
+
+    async def _run(
+        self, command: Command, plan: list[PlannedStep], done: asyncio.Future[Result]
+    ) -> None:
+        started = time.monotonic()
+        outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {
+            p.step.id: asyncio.get_running_loop().create_future() for p in plan
+        }
+        async with asyncio.TaskGroup() as tasks:
+            for planned in plan:
+                tasks.create_task(self._run_step(command, planned, outcomes))
+        steps = {step_id: outcome.result() for step_id, outcome in outcomes.items()}
+        failed = [step_id for step_id, s in steps.items() if s["status"] != "ok"]
+        error = None
+        if failed:
+            error = CommandError(ErrorCode.STEP_FAILED, f"steps not ok: {', '.join(failed)}")
+        done.set_result(
+            Result(
+                id=command.id,
+                device="gateway",
+                action=command.action,
+                error=error,
+                duration_ms=(time.monotonic() - started) * 1000,
+                extra={"steps": steps},
+            )
+        )
+
+    async def _run_step(
+        self,
+        command: Command,
+        planned: PlannedStep,
+        outcomes: Mapping[str, asyncio.Future[dict[str, Any]]],
+    ) -> None:
+        step = planned.step
+        for dep in step.after:
+            if (await asyncio.shield(outcomes[dep]))["status"] != "ok":
+                outcomes[step.id].set_result(self._not_run(f"step {dep!r} did not succeed"))
+                return
+        job = Job(
+            Command(action=step.action, id=f"{command.id}/{step.id}", params=step.params),
+            planned.params,
+        )
+        try:
+            planned.runner.submit(job)
+            result = await asyncio.shield(job.done)
+        except CommandError as exc:
+            outcomes[step.id].set_result(_outcome("error", exc.as_json(), 0.0))
+            return
+        error = None if result.error is None else result.error.as_json()
+        outcomes[step.id].set_result(
+            _outcome("ok" if error is None else "error", error, result.duration_ms, result)
+        )
+
+    def _not_run(self, why: str) -> dict[str, Any]:
+        if self.closing:
+            cancelled = CommandError(ErrorCode.CANCELLED, "the gateway shut down before it ran")
+            return _outcome("error", cancelled.as_json(), 0.0)
+        return _outcome("skipped", {"code": "step_failed", "message": f"skipped: {why}"}, 0.0)
+
+
+def _outcome(
+    status: str, error: dict[str, str] | None, duration_ms: float, result: Result | None = None
+) -> dict[str, Any]:
+    outcome: dict[str, Any] = {
+        "status": status,
+        "error": error,
+        "duration_ms": round(duration_ms, 1),
+    }
+    if result is not None and result.started_at is not None:
+        outcome["started_at"] = round(result.started_at, 3)
+        outcome["finished_at"] = round(result.started_at + result.duration_ms / 1000, 3)
+    return outcome
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{format_path(('params', 'steps', *e['loc']))}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
