@@ -200,6 +200,10 @@ async def test_retained_topics_are_retained(
         async with Probe(broker.port, ["iot/#"]) as late:
             await late.wait_topic("iot/sensor/state")
             await late.wait_topic("iot/gateway/devices")
-            for topic in ("iot/gateway/status", "iot/hub/availability", "iot/hub/state"):
+            retained = ("status", "devices", "scenes")
+            for topic in [f"iot/gateway/{t}" for t in retained] + [
+                "iot/hub/availability",
+                "iot/hub/state",
+            ]:
                 [message] = await late.wait_topic(topic)
                 assert message.retain, topic

@@ -42,11 +42,11 @@ async def test_sigterm_drains_cancels_says_offline_and_exits_0(
             lambda m: m.topic == "iot/slow/availability" and m.payload == b"online"
         )
         quick, slow = ids(2), ids(3)
-        for command_id in quick:
-            await probe.publish("iot/quick/command", {"action": "toggle", "id": command_id})
         for command_id in slow:
             await probe.publish("iot/slow/command", {"action": "toggle", "id": command_id})
-        # Wait until the first slow command is running before asking to stop.
+        for command_id in quick:
+            await probe.publish("iot/quick/command", {"action": "toggle", "id": command_id})
+        # Commands arrive in order: once a quick one ran, every slow one is queued.
         await probe.wait_for(lambda m: m.topic == "iot/quick/state" and m.json["power"] == "on")
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -131,7 +131,10 @@ async def test_second_signal_forces_exit(
 ) -> None:
     data = config_data(
         broker,
-        devices=[{"id": "slow", "type": "simulated.switch", "latency": 30}],
+        devices=[
+            {"id": "slow", "type": "simulated.switch", "latency": 30},
+            {"id": "marker", "type": "simulated.switch"},
+        ],
         gateway={"shutdown_grace": 60},
     )
     with gateway_process(write_config(data)) as process:
@@ -140,6 +143,8 @@ async def test_second_signal_forces_exit(
         )
         await probe.publish("iot/slow/command", {"action": "toggle", "id": "long"})
         await probe.publish("iot/slow/command", {"action": "toggle", "id": "queued"})
+        # Commands arrive in order: once the marker is answered, both slow ones are in.
+        await probe.command("marker", {"action": "toggle"})
         process.send_signal(signal.SIGTERM)
         # The first signal starts the drain: the queued command is cancelled at once.
         queued = await probe.result("slow", "queued")
