@@ -48,7 +48,7 @@ def parse_command(payload: bytes) -> Command:
             ErrorCode.INVALID_JSON, "the payload is not UTF-8", None
         ) from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_reject_constant)
     except ValueError:
         bare = text.strip()
         if BARE_ACTION.match(bare):
@@ -59,6 +59,11 @@ def parse_command(payload: bytes) -> Command:
             None,
         ) from None
     return _command_from_json(data)
+
+
+def _reject_constant(name: str) -> object:
+    """NaN and Infinity are not JSON (RFC 8259), though Python's parser allows them."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _command_from_json(data: object) -> Command:

@@ -51,6 +51,7 @@ class Dispatcher:
         device = self._topics.command_target(message.topic)
         if device is None:
             log.debug("ignoring a message on %s", message.topic)
+            message.settle()
             return
 
         def answer(result: Result) -> None:
@@ -62,12 +63,21 @@ class Dispatcher:
             answer(Result(id=exc.command_id or new_id(), device=device, action=None, error=exc))
             return
         try:
+            self._check_fresh(message)
             self._route(device, command, answer)
         except CommandError as exc:
             answer(Result(id=command.id, device=device, action=command.action, error=exc))
 
+    @staticmethod
+    def _check_fresh(message: Inbound) -> None:
+        if message.retain:
+            raise CommandError(
+                ErrorCode.RETAINED_COMMAND,
+                "retained commands are stale and never run; publish without the retain flag",
+            )
+
     def _read(self, message: Inbound) -> Command:
-        """The checks that need only the message itself, in the contract's order."""
+        """Size and syntax: the checks that need only the payload."""
         size = len(message.payload)
         if size > self._settings.max_payload_bytes:
             raise InvalidCommandError(
@@ -75,14 +85,7 @@ class Dispatcher:
                 f"the payload is {size} bytes; the limit is {self._settings.max_payload_bytes}",
                 None,
             )
-        command = parse_command(message.payload)
-        if message.retain:
-            raise InvalidCommandError(
-                ErrorCode.RETAINED_COMMAND,
-                "retained commands are stale and never run; publish without the retain flag",
-                command.id,
-            )
-        return command
+        return parse_command(message.payload)
 
     def _route(self, device: str, command: Command, answer: Callable[[Result], None]) -> None:
         """Validate against the target, then answer a repeat or start the command."""
@@ -123,7 +126,8 @@ class Dispatcher:
                 result.error.code.value,
             )
         payload = result.to_json()
-        self._publish(Outbound(self._topics.result(result.device), payload))
+        topic = self._topics.result(result.device)
+        self._publish(Outbound(topic, payload, on_sent=message.settle))
         if message.response_topic:
             self._publish(
                 Outbound(

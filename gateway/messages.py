@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
+
+
+def _nothing() -> None:
+    """A callback with nothing to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +24,8 @@ class Inbound:
     retain: bool = False
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    settle: Callable[[], None] = _nothing
+    """Call once the message is dealt with (its result published): acknowledges it."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # identity: two equal messages are two
@@ -30,6 +36,8 @@ class Outbound:
     payload: bytes
     retain: bool = False
     correlation_data: bytes | None = None
+    on_sent: Callable[[], None] = _nothing
+    """Called once the broker has acknowledged it."""
 
 
 class Outbox:

@@ -9,20 +9,25 @@ aiomqtt client can report itself connected before the broker's CONNACK).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
 from typing import TYPE_CHECKING, Protocol
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.acks import AckWindow, Delivery, Redeliveries
 from gateway.backoff import Backoff
 from gateway.messages import Inbound, Outbound, Outbox
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.config import MqttSettings
     from gateway.topics import Topics
 
@@ -61,6 +66,7 @@ class MqttSession:
         self._backoff = Backoff(settings.reconnect.min_delay, settings.reconnect.max_delay)
         # Published but not yet acknowledged, in publish order (identity-keyed).
         self._in_flight: dict[Outbound, None] = {}
+        self._redeliveries = Redeliveries()
         self._reconnects = 0
 
     @property
@@ -100,25 +106,30 @@ class MqttSession:
         return None
 
     async def _serve_connection(self, *, first: bool) -> None:
-        async with self._make_client() as client:
-            await self._subscribe(client)
-            self._outbox.drop_retained()
-            for message in self._handler.announcements():
-                await self._publish(client, message)
-            self._backoff.reset()
-            self._reconnects += 0 if first else 1
-            log.info(
-                "MQTT: connected to %s:%d%s",
-                self._settings.host,
-                self._settings.port,
-                "" if first else " again",
-            )
-            self._handler.on_connection(connected=True)
-            async with asyncio.TaskGroup() as tasks:
-                reader = tasks.create_task(self._read(client))
-                await self._drain_outbox(client)
-                reader.cancel()
-            self._handler.on_connection(connected=False)
+        client = self._make_client()
+        acks = AckWindow(_puback_sender(client))
+        try:
+            async with client:
+                await self._subscribe(client)
+                self._outbox.drop_retained()
+                for message in self._handler.announcements():
+                    await self._publish(client, message)
+                self._backoff.reset()
+                self._reconnects += 0 if first else 1
+                log.info(
+                    "MQTT: connected to %s:%d%s",
+                    self._settings.host,
+                    self._settings.port,
+                    "" if first else " again",
+                )
+                self._handler.on_connection(connected=True)
+                async with asyncio.TaskGroup() as tasks:
+                    reader = tasks.create_task(self._read(client, acks))
+                    await self._drain_outbox(client)
+                    reader.cancel()
+                self._handler.on_connection(connected=False)
+        finally:
+            self._redeliveries.expect(acks.close())
 
     def _make_client(self) -> aiomqtt.Client:
         s = self._settings
@@ -135,7 +146,8 @@ class MqttSession:
             protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(self._topics.status, b"offline", qos=1, retain=True),
             clean_session=None if self._v5 else False,
-            clean_start=False,
+            # paho refuses clean_start for 3.1.1, where clean_session=False does the job.
+            clean_start=False if self._v5 else MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=s.keepalive,
             properties=properties,
             tls_context=_tls_context(s),
@@ -159,9 +171,20 @@ class MqttSession:
                 codes,
             )
 
-    async def _read(self, client: aiomqtt.Client) -> None:
+    async def _read(self, client: aiomqtt.Client, acks: AckWindow) -> None:
         async for message in client.messages:
-            self._handler.on_message(_inbound(message))
+            inbound = _inbound(message)
+            if message.qos == 0:
+                self._handler.on_message(inbound)
+                continue
+            key = (inbound.topic, inbound.payload, inbound.retain, inbound.response_topic)
+            earlier = self._redeliveries.match(key)
+            if earlier is not None:
+                acks.add(earlier, message.mid)  # still in hand: answered and acked once
+                continue
+            delivery = Delivery(key)
+            acks.add(delivery, message.mid)
+            self._handler.on_message(dataclasses.replace(inbound, settle=delivery.settle))
 
     async def _drain_outbox(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(self._settings.max_inflight)
@@ -179,6 +202,7 @@ class MqttSession:
         finally:
             window.release()
         self._in_flight.pop(message, None)
+        message.on_sent()
 
     async def _publish(self, client: aiomqtt.Client, message: Outbound) -> None:
         properties = None
@@ -192,6 +216,21 @@ class MqttSession:
             retain=message.retain,
             properties=properties,
         )
+
+
+def _puback_sender(client: aiomqtt.Client) -> Callable[[int], None]:
+    """Send a PUBACK for a packet id on this client's connection.
+
+    aiomqtt 2.5 has no public manual acknowledgement, so this reaches the paho
+    client it wraps; aiomqtt 3 will need another way.
+    """
+    paho = client._client  # noqa: SLF001 - see the docstring
+    paho.manual_ack_set(on=True)
+
+    def send(mid: int) -> None:
+        paho.ack(mid, 1)
+
+    return send
 
 
 def _inbound(message: aiomqtt.Message) -> Inbound:

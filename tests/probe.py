@@ -115,7 +115,7 @@ class Probe:
             identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             clean_session=None if v5 else clean,
-            clean_start=clean,
+            clean_start=clean if v5 else 3,  # paho's MQTT_CLEAN_START_FIRST_ONLY
             properties=properties,
             keepalive=5,
         )
