@@ -176,3 +176,15 @@ class SimulatedSensor(SimulatedDevice):
             "temperature": round(random.uniform(18, 24), 1),  # noqa: S311
             "humidity": round(random.uniform(35, 55), 1),  # noqa: S311
         }
+
+
+class SimulatedCounter(SimulatedDevice):
+    """Counts the commands it runs: shows that none runs twice or is lost."""
+
+    actions: ClassVar[Mapping[str, type[Params]]] = {"increment": NoParams, "reset": NoParams}
+    initial_state: ClassVar[Mapping[str, object]] = {"count": 0}
+
+    async def apply(self, action: str, params: Params) -> None:
+        """Add one, or go back to zero."""
+        del params
+        self.update_state(count=0 if action == "reset" else self.state["count"] + 1)
