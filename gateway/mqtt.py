@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.1.2.11.3: the most unacknowledged QoS 1 messages
+
 
 class SessionHandler(Protocol):
     """What the session calls back into."""
@@ -137,6 +139,9 @@ class MqttSession:
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = s.session_expiry
+            # Commands are acknowledged only once answered, in order (see acks.py): the
+            # largest window lets the broker keep delivering behind a slow one.
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
         return aiomqtt.Client(
             s.host,
             s.port,

@@ -1,0 +1,149 @@
+"""Nothing lost, nothing twice: broker restarts and kills, gateway kills, adapter faults."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from tests.conftest import config_data, gateway_process, started
+from tests.probe import Probe
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from gateway import Config
+    from tests.broker import Broker
+
+COUNTER = {"id": "c", "type": "simulated.counter"}
+
+
+def ids(count: int) -> list[str]:
+    """``count`` fresh command ids."""
+    return [uuid.uuid4().hex for _ in range(count)]
+
+
+def results_by_id(probe: Probe, device: str) -> dict[str, list[Any]]:
+    """Every result seen for ``device``, grouped by command id."""
+    grouped: dict[str, list[Any]] = collections.defaultdict(list)
+    for message in probe.on(f"iot/{device}/result"):
+        body = message.json
+        grouped[body["id"]].append(body)
+    return grouped
+
+
+def assert_each_ran_once(probe: Probe, sent: list[str]) -> None:
+    """Every id answered ok; the counter counted each exactly once."""
+    grouped = results_by_id(probe, "c")
+    assert set(grouped) >= set(sent), f"{len(set(sent) - set(grouped))} commands lost"
+    # A repeat answers with the first run's state, so any result of an id will do.
+    firsts = [grouped[cid][0] for cid in sent]
+    assert all(r["status"] == "ok" for r in firsts)
+    counts = sorted(r["state"]["count"] for r in firsts)
+    assert counts == list(range(1, len(sent) + 1)), "a command ran twice or was lost"
+
+
+async def test_broker_restart_during_1000_commands_loses_none_runs_none_twice(
+    make_config: Callable[..., Config], broker: Broker
+) -> None:
+    config = make_config(devices=[COUNTER])
+    probe = Probe(broker.port, ["iot/#"], client_id="stream", persistent=True)
+    async with probe, started(config, probe):
+        sent = ids(1000)
+        for index, command_id in enumerate(sent):
+            if index == 500:
+                await asyncio.to_thread(broker.restart)
+            await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
+        for command_id in sent:
+            await probe.result("c", command_id, timeout=30)
+        assert_each_ran_once(probe, sent)
+
+
+async def test_broker_killed_with_a_resending_client_completes_every_id_once(
+    make_config: Callable[..., Config], broker: Broker
+) -> None:
+    config = make_config(devices=[COUNTER])
+    probe = Probe(broker.port, ["iot/#"], client_id="resender", persistent=True)
+    async with probe, started(config, probe):
+        sent = ids(300)
+        for index, command_id in enumerate(sent):
+            if index == 150:
+                await asyncio.to_thread(broker.kill)
+                await asyncio.to_thread(broker.start)
+            await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
+        # The client's side of the contract: resend what got no result in time.
+        deadline = time.monotonic() + 60
+        while missing := [cid for cid in sent if cid not in results_by_id(probe, "c")]:
+            assert time.monotonic() < deadline, f"{len(missing)} ids never completed"
+            for command_id in missing:
+                await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
+            await probe.result("c", missing[-1], timeout=10)
+        assert_each_ran_once(probe, sent)
+
+
+async def test_gateway_killed_loses_no_received_command(
+    broker: Broker, probe: Probe, write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    data = config_data(broker, devices=[{**COUNTER, "latency": 0.2}])
+    path = write_config(data)
+    sent = ids(10)
+    with gateway_process(path) as first:
+        await probe.wait_for(lambda m: m.topic == "iot/c/availability" and m.payload == b"online")
+        for command_id in sent:
+            await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
+        await probe.result("c", sent[1])
+        # Eight commands are received (queued or running) but not answered.
+        first.send_signal(signal.SIGKILL)
+        await first.wait(10)
+    answered_before = set(results_by_id(probe, "c"))
+    assert len(answered_before) < len(sent)
+    with gateway_process(path):
+        for command_id in sent:
+            assert (await probe.result("c", command_id, timeout=15))["status"] == "ok"
+
+
+async def test_a_slow_command_does_not_hold_back_other_devices(
+    make_config: Callable[..., Config], probe: Probe
+) -> None:
+    # Commands are acknowledged in arrival order, so a slow one holds back the
+    # acknowledgements behind it; the broker must still deliver the rest.
+    devices = [{"id": "slow", "type": "simulated.switch", "latency": 8}, COUNTER]
+    async with started(make_config(devices=devices), probe):
+        await probe.publish("iot/slow/command", {"action": "toggle", "id": "slow-1"})
+        began = time.monotonic()
+        sent = ids(300)
+        for command_id in sent:
+            await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
+        await probe.result("c", sent[-1], timeout=6)
+        assert time.monotonic() - began < 6
+        assert probe.on("iot/slow/result") == []  # still running: it really held the front
+
+
+async def test_device_losing_its_connection_goes_offline_and_comes_back(
+    make_config: Callable[..., Config], probe: Probe
+) -> None:
+    devices = [
+        {"id": "tv", "type": "simulated.switch"},
+        {"id": "lamp", "type": "simulated.switch"},
+    ]
+    async with started(make_config(devices=devices), probe) as gateway:
+        await probe.wait_for(lambda m: m.topic == "iot/tv/availability" and m.payload == b"online")
+        onlines = len([m for m in probe.on("iot/tv/availability") if m.payload == b"online"])
+        # What an adapter reports when its device drops the connection.
+        gateway.fleet.runners["tv"].adapter.events.connection_lost("cable pulled")
+        await probe.wait_for(
+            lambda m: m.topic == "iot/tv/availability" and m.payload == b"offline"
+        )
+        began = time.monotonic()
+        lamp = await probe.command("lamp", {"action": "toggle"})
+        assert lamp["status"] == "ok"
+        assert time.monotonic() - began < 0.5
+        await probe.wait_for(
+            lambda m: m.topic == "iot/tv/availability" and m.payload == b"online",
+            count=onlines + 1,
+        )
+        assert (await probe.command("tv", {"action": "toggle"}))["status"] == "ok"
