@@ -5,18 +5,30 @@ This is the only module that reads the configuration file and the environment.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from gateway.errors import format_path
 from gateway.graph import find_cycle
@@ -30,6 +42,7 @@ if TYPE_CHECKING:
 
 DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_IDS = frozenset({"gateway"})
+ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV_VAR = "GATEWAY_CONFIG"
 
 
@@ -77,6 +90,12 @@ class MqttSettings(_Section):
     tls: Tls | None = None
     max_inflight: int = Field(default=100, ge=1, le=65535)
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: object) -> object:
+        """YAML reads ``protocol: 5`` as a number."""
+        return "5" if value == 5 and not isinstance(value, bool) else value  # noqa: PLR2004
+
 
 class GatewaySettings(_Section):
     """How commands are run."""
@@ -114,7 +133,7 @@ class Settings(BaseSettings):
     """The whole configuration, as the file and environment give it."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -142,6 +161,9 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+_SCENES: TypeAdapter[dict[str, Scene]] = TypeAdapter(dict[str, Scene])
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Validated settings plus each device's config, validated by its adapter."""
@@ -153,29 +175,83 @@ class Config:
 def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
     """Read, merge and check the configuration; raise ``ConfigError`` listing all."""
     raw = read_yaml(path)
-    problems: list[str] = []
+    problems = _sections_not_mappings(raw)
     settings = None
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
         problems += describe_errors(exc)
-    # Check devices even when another section is wrong, to report every problem.
-    entries = settings.devices if settings else _raw_devices(raw)
+    except SettingsError:  # an environment value for a section that is not JSON
+        problems += _env_not_json()
+    # Check every part even when another is wrong, to report every problem.
+    entries = settings.devices if settings else _raw_list(raw, "devices")
     devices, device_problems = validate_devices(entries, registry)
     problems += device_problems
     problems += check_device_graph(devices, entries)
-    if settings:
-        problems += check_scenes(settings.scenes, devices, registry)
+    scenes = settings.scenes if settings else _raw_scenes(raw)
+    problems += check_scenes(scenes, devices, registry)
     if problems or settings is None:
         raise ConfigError(problems)
     return Config(settings=settings, devices=tuple(devices.values()))
 
 
-def _raw_devices(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    entries = raw.get("devices")
+def _env_not_json() -> list[str]:
+    """Name the ``GATEWAY_…`` variables that should hold JSON but do not parse."""
+    problems = []
+    for name, value in os.environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+            continue
+        path = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+        try:
+            json.loads(value)
+        except ValueError:
+            if _is_structured(path):
+                problems.append(f"{path}: {name} must be JSON for this setting")
+    return problems or ["environment: a GATEWAY_ variable holds invalid JSON"]
+
+
+def _is_structured(path: str) -> bool:
+    """Whether the setting at ``path`` is a section or a list (set by JSON)."""
+    model: type[BaseModel] = Settings
+    for part in path.split("."):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        inner = [t for t in typing.get_args(field.annotation) if t is not type(None)]
+        kind = inner[0] if inner and field.annotation is not None else field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            model = kind
+            continue
+        return typing.get_origin(kind) in {tuple, list, dict}
+    return True
+
+
+def _sections_not_mappings(raw: Mapping[str, Any]) -> list[str]:
+    """A section given as a scalar, which an environment override could hide."""
+    sections = ("mqtt", "gateway", "http", "homeassistant", "logging")
+    return [
+        f"{name}: must be a mapping, not {type(raw[name]).__name__}"
+        for name in sections
+        if raw.get(name) is not None and not isinstance(raw[name], dict)
+    ]
+
+
+def _raw_list(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    entries = raw.get(key)
     if not isinstance(entries, list):
         return []
     return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def _raw_scenes(raw: Mapping[str, Any]) -> dict[str, Scene]:
+    """The scenes alone, when another section spoiled the whole.
+
+    Their own errors are reported already, by the whole's validation.
+    """
+    try:
+        return _SCENES.validate_python(raw.get("scenes") or {})
+    except ValidationError:
+        return {}
 
 
 def read_yaml(path: str | Path | None) -> dict[str, Any]:
@@ -189,12 +265,20 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+        raise ConfigError([f"{path}: invalid YAML{_yaml_position(exc)}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping"])
-    return data
+    return {str(key): value for key, value in data.items()}
+
+
+def _yaml_position(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's quote of the line (it may hold a secret)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return ""
+    mark = exc.problem_mark
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
 
 
 def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
@@ -209,9 +293,10 @@ def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
 def validate_devices(
     entries: Sequence[Mapping[str, Any]], registry: AdapterRegistry
 ) -> tuple[dict[str, DeviceConfig], list[str]]:
-    """Validate each entry with its adapter's model; return them by id."""
+    """Validate each entry with its adapter's model; return the valid ones by id."""
     devices: dict[str, DeviceConfig] = {}
     problems: list[str] = []
+    seen: set[str] = set()
     for index, entry in enumerate(entries):
         where = f"devices[{index}]"
         device_id = entry.get("id")
@@ -221,9 +306,10 @@ def validate_devices(
         if device_id in RESERVED_IDS:
             problems.append(f"{where}.id: {device_id!r} is reserved")
             continue
-        if device_id in devices:
+        if device_id in seen:
             problems.append(f"{where}.id: duplicate device id {device_id!r}")
             continue
+        seen.add(device_id)
         try:
             model = registry.get(str(entry.get("type"))).config_model
             devices[device_id] = model.model_validate(entry)
@@ -238,15 +324,16 @@ def check_device_graph(
     devices: Mapping[str, DeviceConfig], entries: Sequence[Mapping[str, Any]]
 ) -> list[str]:
     """Unknown dependencies and dependency cycles."""
+    known = {entry.get("id") for entry in entries}
     problems = []
     for index, entry in enumerate(entries):
-        device = devices.get(str(entry.get("id")))
-        if device is None:
-            continue
+        depends_on = entry.get("depends_on")
+        if not isinstance(depends_on, list):
+            continue  # the entry's own validation reports it
         problems += [
-            f"devices[{index}].depends_on: unknown device {dep!r}"
-            for dep in device.depends_on
-            if dep not in devices
+            f"{where}: unknown device {dep!r}"
+            for dep in depends_on
+            if dep not in known and (where := f"devices[{index}].depends_on")
         ]
     cycle = find_cycle({d.id: d.depends_on for d in devices.values()})
     if cycle:
@@ -262,5 +349,5 @@ def check_scenes(
     """Every scene's steps must name real devices, actions and step ids."""
     problems = []
     for name, scene in scenes.items():
-        problems += check_steps(scene.steps, devices, registry, where=f"scenes.{name}")
+        problems += check_steps(scene.steps, devices, registry, where=f"scenes.{name}.steps")
     return problems

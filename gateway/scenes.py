@@ -90,7 +90,7 @@ class SceneRunner:
                 raise CommandError(
                     ErrorCode.INVALID_PARAMS, f"params.scene: unknown scene {name!r} ({known})"
                 )
-            return list(self._scenes[name].steps), f"scenes.{name}"
+            return list(self._scenes[name].steps), f"scenes.{name}.steps"
         if command.action == "run_steps":
             if set(params) != {"steps"}:
                 raise CommandError(ErrorCode.INVALID_PARAMS, "run_steps takes {'steps': [...]}")

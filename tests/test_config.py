@@ -294,10 +294,6 @@ def test_no_config_given(command: str) -> None:
     assert "GATEWAY_CONFIG" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a non-string top-level key crashes Settings(**raw) with TypeError: exit 1",
-)
 def test_non_string_top_level_key(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("1: 2\nmqtt: {port: 1}\n", encoding="utf-8")
@@ -441,11 +437,6 @@ def test_problems_in_several_scenes_are_all_listed(tmp_path: Path) -> None:
     assert matches(result.stderr, r"scenes\.evening\S*: unknown action 'fly'"), result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: step problems are named scenes.morning[N], not the real path "
-    "scenes.morning.steps[N] that pydantic's own errors for the same steps use",
-)
 def test_step_problem_path_is_the_real_yaml_path(tmp_path: Path) -> None:
     result = check_config(write(tmp_path, scene({"id": "s", "device": "lamp", "action": "x"})))
     assert names(result.stderr, "scenes.morning.steps[0].device: unknown device 'lamp'")
@@ -564,11 +555,6 @@ def test_bad_env_value_exits_78_naming_the_path(
     assert_rejected(check_config(path, **{variable: value}), fragment)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a GATEWAY_<SECTION> value that is not JSON raises pydantic-settings' "
-    "SettingsError, which is not caught: traceback and exit 1 instead of 78",
-)
 @pytest.mark.parametrize(
     ("variable", "fragment"),
     [("GATEWAY_MQTT__RECONNECT", "mqtt.reconnect"), ("GATEWAY_DEVICES", "devices")],
@@ -578,11 +564,6 @@ def test_env_value_that_is_not_json_exits_78(tmp_path: Path, variable: str, frag
     assert_rejected(result, fragment)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an invalid section in the file (mqtt: garbage) is silently replaced "
-    "when any GATEWAY_MQTT__* variable is set",
-)
 def test_invalid_file_section_is_not_masked_by_env(tmp_path: Path) -> None:
     data = {"mqtt": "garbage", "devices": [HUB]}
     path = write(tmp_path, data)
@@ -663,11 +644,6 @@ def test_password_never_printed_by_run_with_bad_config(tmp_path: Path) -> None:
     assert SECRET not in result.stdout + result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 'invalid YAML' message quotes PyYAML's snippet of the offending line, "
-    "which here is the password line",
-)
 def test_password_not_printed_on_a_yaml_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text(f'mqtt:\n  port: 1\n  password: "{SECRET}\n', encoding="utf-8")
@@ -701,11 +677,6 @@ def test_empty_document_uses_defaults(tmp_path: Path) -> None:
     assert config.settings.mqtt.port == 1883
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the contract's example writes `protocol: 5`; YAML makes that the int 5, "
-    "which Literal['5', '3.1.1'] rejects",
-)
 def test_contract_example_protocol_5_is_valid(tmp_path: Path) -> None:
     path = write(tmp_path, cfg(mqtt={"protocol": 5}))
     result = check_config(path)
@@ -737,11 +708,6 @@ def test_device_timeout_must_be_positive(tmp_path: Path, timeout: object) -> Non
 # --- problems hidden by other problems --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: scenes are checked only when every other section is valid, so a scene "
-    "problem is not listed beside an mqtt problem",
-)
 def test_scene_problem_listed_beside_a_section_problem(tmp_path: Path) -> None:
     data = cfg(mqtt={"port": "abc"}, scenes={"morning": {"steps": [{**ON, "device": "lamp"}]}})
     result = check_config(write(tmp_path, data))
@@ -749,11 +715,6 @@ def test_scene_problem_listed_beside_a_section_problem(tmp_path: Path) -> None:
     assert matches(result.stderr, r"scenes\.morning\S*: unknown device 'lamp'"), result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an entry that fails validation is not recorded, so a later entry with "
-    "the same id is not reported as a duplicate",
-)
 def test_duplicate_of_an_invalid_device_is_reported(tmp_path: Path) -> None:
     data = cfg(devices=[{**HUB, "latency": -1}, {"id": "hub", "type": "simulated.light"}])
     assert_rejected(
@@ -763,10 +724,6 @@ def test_duplicate_of_an_invalid_device_is_reported(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: depending on a device that exists but is invalid is reported as 'unknown device'",
-)
 def test_dependency_on_an_invalid_device_is_not_called_unknown(tmp_path: Path) -> None:
     data = cfg(devices=[{**HUB, "latency": -1}, LIGHT])
     result = check_config(write(tmp_path, data))
