@@ -118,17 +118,20 @@ class Dispatcher:
 
     def _answer(self, message: Inbound, result: Result) -> None:
         if result.error is not None:
-            log.info(
-                "command %s to %s (%s): %s",
-                result.id,
-                result.device,
-                result.action,
-                result.error.code.value,
-            )
+            _log_error(result)
         payload = result.to_json()
         topic = self._topics.result(result.device)
         self._publish(Outbound(topic, payload, on_sent=message.settle))
         if message.response_topic:
+            refusal = self._topics.response_topic_refusal(message.response_topic)
+            if refusal is not None:
+                log.warning(
+                    "command %s: not answering on response topic %r: %s",
+                    result.id,
+                    message.response_topic,
+                    refusal,
+                )
+                return
             self._publish(
                 Outbound(
                     message.response_topic,
@@ -136,6 +139,24 @@ class Dispatcher:
                     correlation_data=message.correlation_data,
                 )
             )
+
+
+# Failures of the device are news for the operator; refusals of bad input are not.
+_DEVICE_FAILURES = frozenset({ErrorCode.DEVICE_ERROR, ErrorCode.TIMEOUT})
+
+
+def _log_error(result: Result) -> None:
+    assert result.error is not None  # noqa: S101 - the caller checked
+    level = logging.WARNING if result.error.code in _DEVICE_FAILURES else logging.DEBUG
+    log.log(
+        level,
+        "command %s to %s (%s): %s: %s",
+        result.id,
+        result.device,
+        result.action,
+        result.error.code.value,
+        result.error.message,
+    )
 
 
 def _as_duplicate(result: Result) -> Result:

@@ -134,6 +134,12 @@ class MqttSession:
             self._redeliveries.expect(acks.close())
 
     def _make_client(self) -> aiomqtt.Client:
+        client = self._new_client()
+        # Our own window bounds publishes in flight; don't warn below it.
+        client.pending_calls_threshold = self._settings.max_inflight + 1
+        return client
+
+    def _new_client(self) -> aiomqtt.Client:
         s = self._settings
         properties = None
         if self._v5:
@@ -214,13 +220,18 @@ class MqttSession:
         if self._v5 and message.correlation_data is not None:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.CorrelationData = message.correlation_data
-        await client.publish(
-            message.topic,
-            message.payload,
-            qos=1,
-            retain=message.retain,
-            properties=properties,
-        )
+        try:
+            await client.publish(
+                message.topic,
+                message.payload,
+                qos=1,
+                retain=message.retain,
+                properties=properties,
+            )
+        except (ValueError, TypeError) as exc:  # paho refuses what MQTT cannot carry
+            log.error(  # noqa: TRY400 - the reason is enough; no traceback
+                "MQTT: cannot publish to %r: %s; dropped", message.topic, exc
+            )
 
 
 def _puback_sender(client: aiomqtt.Client) -> Callable[[int], None]:

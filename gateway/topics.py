@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GATEWAY = "gateway"
+MAX_TOPIC_BYTES = 65535
+# Leaves of {base}/{segment}/... that only the gateway publishes, or that it reads.
+OWNED_LEAVES = frozenset({"state", "availability", "command", "status", "devices", "scenes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +55,18 @@ class Topics:
             return None
         segment = topic[len(prefix) : -len("/command")]
         return segment if segment and "/" not in segment else None
+
+    def response_topic_refusal(self, topic: str) -> str | None:
+        """Why a command's Response Topic cannot be used, or None if it can.
+
+        A result may not land on a wildcard (MQTT 5 §3.3.2.3.5) nor on a topic the
+        gateway owns, where it would forge a state, status or command.
+        """
+        if not topic or "+" in topic or "#" in topic or "\0" in topic:
+            return "it is not a valid topic name"
+        if len(topic.encode()) > MAX_TOPIC_BYTES:
+            return "it is too long"
+        parts = topic.split("/")
+        if parts[0] == self.base and len(parts) == 3 and parts[2] in OWNED_LEAVES:  # noqa: PLR2004
+            return "the gateway owns that topic"
+        return None

@@ -43,6 +43,8 @@ class Broker:
             f"persistence_location {workdir}/",
             "autosave_interval 1",
             "max_queued_messages 0",
+            # Without it mosquitto's small packets wait on Nagle and delayed ACKs (~40 ms).
+            "set_tcp_nodelay true",
             "log_type error",
             "log_type warning",
             "log_type notice",
