@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import socket
 import ssl
 from typing import TYPE_CHECKING, Protocol
@@ -227,6 +228,8 @@ class MqttSession:
                 qos=1,
                 retain=message.retain,
                 properties=properties,
+                # No timer per message: a lost connection ends the wait (keepalive).
+                timeout=math.inf,
             )
         except (ValueError, TypeError) as exc:  # paho refuses what MQTT cannot carry
             log.error(  # noqa: TRY400 - the reason is enough; no traceback
