@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Reads each command message and answers it, now or when its device has run it."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - each is a separate collaborator
         self,
         settings: GatewaySettings,
         topics: Topics,
         fleet: Fleet,
         publish: Callable[[Outbound], None],
         scenes: SceneRunner,
+        *,
+        observe: Callable[[Result], None] = lambda _: None,
     ) -> None:
         """Wire the dispatcher to the devices and the outbox."""
         self._settings = settings
@@ -43,6 +45,7 @@ class Dispatcher:
         self._fleet = fleet
         self._publish = publish
         self._scenes = scenes
+        self._observe = observe  # sees every result (metrics)
         self._dedupe = DedupeWindow(settings.dedupe_window)
         self.closing = False
 
@@ -117,6 +120,7 @@ class Dispatcher:
         return submit
 
     def _answer(self, message: Inbound, result: Result) -> None:
+        self._observe(result)
         if result.error is not None:
             _log_error(result)
         payload = result.to_json()
