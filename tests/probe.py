@@ -176,9 +176,12 @@ class Probe:
         self, match: Callable[[Received], bool], *, count: int = 1, timeout: float = 10
     ) -> list[Received]:
         """Wait until ``count`` recorded messages match; return them."""
+        found: list[Received] = []
+        seen = 0  # each message is matched once, so long waits stay linear
         async with asyncio.timeout(timeout):
             while True:
-                found = [m for m in self.messages if match(m)]
+                found += [m for m in self.messages[seen:] if match(m)]
+                seen = len(self.messages)
                 if len(found) >= count:
                     return found
                 self._arrived.clear()
