@@ -49,6 +49,10 @@ def parse_command(payload: bytes) -> Command:
         ) from None
     try:
         data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidCommandError(
+            ErrorCode.INVALID_JSON, "the JSON is nested too deeply", None
+        ) from None
     except ValueError:
         bare = text.strip()
         if BARE_ACTION.match(bare):
@@ -105,7 +109,10 @@ def _valid_id(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    # An int is always finite (math.isfinite would overflow on a huge one).
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,4 +147,8 @@ class Result:
             "duration_ms": round(self.duration_ms, 1),
             **self.extra,
         }
-        return json.dumps(body, separators=(",", ":")).encode()
+        try:
+            return json.dumps(body, separators=(",", ":"), default=str, allow_nan=False).encode()
+        except ValueError:  # NaN or infinity in an adapter's state: not JSON
+            body["state"] = None
+            return json.dumps(body, separators=(",", ":"), default=str).encode()

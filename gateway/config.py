@@ -175,7 +175,8 @@ class Config:
 def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
     """Read, merge and check the configuration; raise ``ConfigError`` listing all."""
     raw = read_yaml(path)
-    problems = _sections_not_mappings(raw)
+    problems = _sections_not_mappings(raw) + _unknown_top_level_keys(raw)
+    raw = {key: value for key, value in raw.items() if key in Settings.model_fields}
     settings = None
     try:
         settings = Settings(**raw)
@@ -226,6 +227,15 @@ def _is_structured(path: str) -> bool:
     return True
 
 
+def _unknown_top_level_keys(raw: Mapping[str, Any]) -> list[str]:
+    """Top-level keys not in the schema.
+
+    Checked here, exactly: pydantic-settings would match them without case and
+    take ``_``-prefixed ones as its own options.
+    """
+    return [f"{key}: unknown key" for key in raw if key not in Settings.model_fields]
+
+
 def _sections_not_mappings(raw: Mapping[str, Any]) -> list[str]:
     """A section given as a scalar, which an environment override could hide."""
     sections = ("mqtt", "gateway", "http", "homeassistant", "logging")
@@ -236,11 +246,9 @@ def _sections_not_mappings(raw: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _raw_list(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+def _raw_list(raw: Mapping[str, Any], key: str) -> list[Any]:
     entries = raw.get(key)
-    if not isinstance(entries, list):
-        return []
-    return [entry for entry in entries if isinstance(entry, dict)]
+    return entries if isinstance(entries, list) else []
 
 
 def _raw_scenes(raw: Mapping[str, Any]) -> dict[str, Scene]:
@@ -262,10 +270,14 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML{_yaml_position(exc)}"]) from None
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. a date like 2001-02-30
+        raise ConfigError([f"{path}: invalid YAML value: {type(exc).__name__}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -291,7 +303,7 @@ def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
 
 
 def validate_devices(
-    entries: Sequence[Mapping[str, Any]], registry: AdapterRegistry
+    entries: Sequence[Any], registry: AdapterRegistry
 ) -> tuple[dict[str, DeviceConfig], list[str]]:
     """Validate each entry with its adapter's model; return the valid ones by id."""
     devices: dict[str, DeviceConfig] = {}
@@ -299,8 +311,10 @@ def validate_devices(
     seen: set[str] = set()
     for index, entry in enumerate(entries):
         where = f"devices[{index}]"
+        if not isinstance(entry, dict):
+            continue  # reported by the settings' own validation
         device_id = entry.get("id")
-        if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
+        if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
             problems.append(f"{where}.id: must match {DEVICE_ID.pattern}, got {device_id!r}")
             continue
         if device_id in RESERVED_IDS:
@@ -320,20 +334,19 @@ def validate_devices(
     return devices, problems
 
 
-def check_device_graph(
-    devices: Mapping[str, DeviceConfig], entries: Sequence[Mapping[str, Any]]
-) -> list[str]:
+def check_device_graph(devices: Mapping[str, DeviceConfig], entries: Sequence[Any]) -> list[str]:
     """Unknown dependencies and dependency cycles."""
-    known = {entry.get("id") for entry in entries}
+    mappings = [entry if isinstance(entry, dict) else {} for entry in entries]
+    known = {entry.get("id") for entry in mappings if isinstance(entry.get("id"), str)}
     problems = []
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(mappings):
         depends_on = entry.get("depends_on")
         if not isinstance(depends_on, list):
             continue  # the entry's own validation reports it
         problems += [
-            f"{where}: unknown device {dep!r}"
+            f"devices[{index}].depends_on: unknown device {dep!r}"
             for dep in depends_on
-            if dep not in known and (where := f"devices[{index}].depends_on")
+            if isinstance(dep, str) and dep not in known
         ]
     cycle = find_cycle({d.id: d.depends_on for d in devices.values()})
     if cycle:

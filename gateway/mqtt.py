@@ -187,7 +187,7 @@ class MqttSession:
         async for message in client.messages:
             inbound = _inbound(message)
             if message.qos == 0:
-                self._handler.on_message(inbound)
+                self._dispatch(inbound)
                 continue
             key = (inbound.topic, inbound.payload, inbound.retain, inbound.response_topic)
             earlier = self._redeliveries.match(key)
@@ -196,7 +196,16 @@ class MqttSession:
                 continue
             delivery = Delivery(key)
             acks.add(delivery, message.mid)
-            self._handler.on_message(dataclasses.replace(inbound, settle=delivery.settle))
+            self._dispatch(dataclasses.replace(inbound, settle=delivery.settle))
+
+    def _dispatch(self, message: Inbound) -> None:
+        """Hand a message on; a bug in handling one must not end the session."""
+        try:
+            self._handler.on_message(message)
+        except Exception:
+            # Acknowledge it anyway: redelivered, it would fail again, forever.
+            log.exception("MQTT: failed to handle a message on %r; dropped it", message.topic)
+            message.settle()
 
     async def _drain_outbox(self, client: aiomqtt.Client) -> None:
         window = asyncio.Semaphore(self._settings.max_inflight)

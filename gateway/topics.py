@@ -54,7 +54,9 @@ class Topics:
         if not topic.startswith(prefix) or not topic.endswith("/command"):
             return None
         segment = topic[len(prefix) : -len("/command")]
-        return segment if segment and "/" not in segment else None
+        # An empty segment (iot//command) matches the subscription too: it is
+        # answered unknown_device like any other wrong id.
+        return segment if "/" not in segment else None
 
     def response_topic_refusal(self, topic: str) -> str | None:
         """Why a command's Response Topic cannot be used, or None if it can.

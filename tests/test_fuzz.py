@@ -10,8 +10,8 @@ The properties are the contract's promises about bad input:
   ``check-config`` exits 0 or 78, never with a traceback.
 
 Every test is derandomized (the same examples each run) and keeps no example database,
-so the suite is deterministic. Gateway bugs found this way are pinned by strict xfail
-tests whose reasons give the minimal example hypothesis found.
+so the suite is deterministic. The named regression tests pin the minimal examples
+hypothesis found for bugs since fixed.
 """
 
 from __future__ import annotations
@@ -349,13 +349,6 @@ def test_parse_command_of_command_shaped_objects(
         assert outcome.id == readable
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an integer expires_at above the largest float (~1.8e308; hypothesis: a "
-    "309-digit 2.1e308) raises OverflowError from math.isfinite in parse_command instead "
-    "of being read (it is a finite JSON number). One such MQTT message makes the daemon "
-    "exit 1, and as it is never acknowledged it is redelivered: a crash loop",
-)
 @BUG
 @given(st.integers(-(10**400), 10**400))
 def test_parse_command_reads_any_integer_expires_at(expires_at: int) -> None:
@@ -366,13 +359,6 @@ def test_parse_command_reads_any_integer_expires_at(expires_at: int) -> None:
     assert outcome.expires_at == expires_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: JSON nested deeper than the recursion limit (hypothesis: b'[' * 1990; "
-    "about 1000 levels suffice, well under max_payload_bytes) raises RecursionError from "
-    "json.loads in parse_command instead of invalid_json; like the overflow, one such "
-    "MQTT message makes the daemon exit 1, again on every redelivery",
-)
 @hypothesis_settings(50, report_multiple_bugs=False)
 @given(st.integers(1, 20_000), st.sampled_from([b"[", b'{"a":', b'{"action":"x","params":{"a":']))
 def test_parse_command_survives_deep_nesting(depth: int, opener: bytes) -> None:
@@ -433,13 +419,6 @@ def test_result_to_json_is_valid_json_for_any_ids_and_states(
 ADAPTER_STATE_VALUES = st.one_of(JSON_SCALARS, st.floats(), st.datetimes())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (adapter-dependent): Result.to_json assumes a strict-JSON state. Minimal: "
-    "{'': datetime(2000, 1, 1)} raises TypeError (in the job's done-callback: no result, "
-    "no acknowledgement); {'': nan} gives NaN, which is not JSON. The state topic "
-    "tolerates both (json.dumps(default=str))",
-)
 @BUG
 @given(st.dictionaries(st.text(max_size=4), ADAPTER_STATE_VALUES, max_size=3))
 def test_result_to_json_is_valid_json_for_any_adapter_state(state: dict[str, Any]) -> None:
@@ -809,12 +788,6 @@ def test_dispatcher_answers_every_command_message_exactly_once(
     check_dispatch(sent, asyncio.run(dispatch(dispatch_config, sent)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a command on 'iot//command' (empty device segment, which the subscription "
-    "'iot/+/command' matches) is acknowledged with no result at all (minimal: topic "
-    "'iot//command', payload b''), instead of one result on 'iot//result'",
-)
 @hypothesis_settings(10, report_multiple_bugs=False)
 @given(st.lists(messages(empty_segment=True), min_size=1, max_size=3))
 def test_dispatcher_answers_commands_with_an_empty_device_segment(
@@ -1004,14 +977,14 @@ def unknown_keys(at: ConfigPath) -> st.SearchStrategy[Any]:
     """Keys the section at ``at`` does not know (top level: none pydantic-settings reads)."""
     known = set(SECTION_MODELS[at].model_fields)
     text = st.text(max_size=10) | near_misses(sorted(known))
-    if not at:  # see the xfail tests on top-level keys below
+    if not at:  # top-level keys have their own regression tests below
         text = text.filter(lambda k: k != "" and not k.startswith("_") and k.lower() not in known)
     others: st.SearchStrategy[Any] = st.integers() | st.booleans() | st.none()
     return (text | others).filter(lambda k: k not in known)
 
 
 def unhashable_device_refs(tree: Any) -> bool:
-    """A device id or dependency that is a list or mapping: a known bug (xfail test below)."""
+    """A device id or dependency that is a list or mapping (its own regression test below)."""
     devices = tree.get("devices") if isinstance(tree, dict) else None
     for entry in devices if isinstance(devices, list) else []:
         if not isinstance(entry, dict):
@@ -1140,12 +1113,6 @@ def test_many_mutations_load_or_are_refused(config_dir: Path, changes: list[Muta
 DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # the contract's, as written there
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a device id with a trailing newline is accepted (minimal: '0\\n'); "
-    "DEVICE_ID.match with '$' matches before a final newline, so ids like 'hub\\n' get "
-    "topics 'iot/hub\\n/command'; use fullmatch or \\Z",
-)
 @BUG
 @given(st.from_regex(DEVICE_ID_PATTERN) | st.text(max_size=8))
 def test_device_ids_are_accepted_only_if_they_match_the_pattern(
@@ -1168,12 +1135,6 @@ DEVICE_BREAKAGES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a device entry is not a mapping, later entries' problems are reported "
-    "at the wrong index (minimal: devices[0] a list, devices[1].id 'Bad Id' -> reported as "
-    "'devices[0].id'); _raw_list drops non-mappings before they are enumerated",
-)
 @BUG
 @given(
     st.dictionaries(
@@ -1205,12 +1166,6 @@ def test_non_string_top_level_keys_are_refused(config_dir: Path, key: Any, value
     assert any(names_path(p, str(key)) for p in problems), problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check_device_graph puts raw device ids in a set and looks raw depends_on "
-    "entries up in it, so an id or dependency that is a list or mapping (minimal: "
-    "devices[0].id: []) raises TypeError 'unhashable type' instead of ConfigError",
-)
 @BUG
 @given(
     st.integers(0, len(VALID_CONFIG["devices"]) - 1),
@@ -1227,13 +1182,6 @@ def test_device_ids_and_dependencies_of_any_type_load_or_are_refused(
         assert any(names_path(p, "devices") for p in problems), problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: top-level keys named like BaseSettings.__init__ parameters are not unknown "
-    "keys: Settings(**raw) hands them to pydantic-settings (minimal: '__pydantic_self__' "
-    "-> TypeError; '_env_prefix: false' -> TypeError; '_case_sensitive: null' and "
-    "'_env_file: FILE' load silently; '_cli_parse_args: true' parses argv, exits 2)",
-)
 @BUG
 @given(
     st.sampled_from([n for n in SETTINGS_PARAMETERS if not n.startswith("_cli")]),
@@ -1247,12 +1195,6 @@ def test_settings_parameters_as_top_level_keys_are_refused(
     assert any(names_path(p, key) for p in problems), problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: top-level section names match case-insensitively (pydantic-settings): "
-    "minimal 'DEVICES: null' loads instead of being an unknown key; 'MQTT: {port: 5}' "
-    "is read as mqtt, and beside 'mqtt: {port: 6}' one of the two is silently dropped",
-)
 @BUG
 @given(near_misses(sorted(Settings.model_fields)).filter(str.isupper), YAML_VALUES)
 def test_upper_case_section_names_are_unknown_keys(config_dir: Path, key: str, value: Any) -> None:
@@ -1279,13 +1221,6 @@ YAML_SCALAR_TEXT = st.one_of(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: scalars PyYAML resolves but cannot construct escape read_yaml, which catches "
-    "only yaml.YAMLError (minimal: 'id: 0000-00-00' -> ValueError 'year 0 is out of "
-    "range'; also '0x_', '2001-02-30', '!!int x', '!!bool x' -> ValueError/KeyError/"
-    "IndexError): traceback and exit 1, not 78",
-)
 @BUG
 @given(st.sampled_from(LEAF_PATHS), YAML_SCALAR_TEXT)
 def test_any_yaml_scalar_loads_or_is_a_config_error(
@@ -1295,22 +1230,12 @@ def test_any_yaml_scalar_loads_or_is_a_config_error(
     load_problems(write_text(config_dir, text.replace(PLACEHOLDER, scalar)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a config file that is not UTF-8 (minimal: b'\\x80') raises "
-    "UnicodeDecodeError from read_yaml (it catches only OSError): traceback and exit 1, not 78",
-)
 @BUG
 @given(st.binary(max_size=64))
 def test_any_file_content_loads_or_is_a_config_error(config_dir: Path, content: bytes) -> None:
     load_problems(write_text(config_dir, content))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): YAML nested ~1000 levels deep (shrunk: 'devices: ' + '[' * 990 + "
-    "']' * 990) raises RecursionError from yaml.safe_load: traceback and exit 1, not 78",
-)
 # No shrinking: PyYAML takes ~1 s per deep document, and hypothesis would try dozens.
 @settings(BUG, max_examples=20, phases=[Phase.generate])
 @given(st.integers(1, 1200))
@@ -1367,7 +1292,6 @@ CRASHING_CONFIGS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: see the in-process tests above; exit 1 or 2")
 @pytest.mark.parametrize("content", CRASHING_CONFIGS)
 def test_check_config_exits_78_on_configs_that_crash_load_config(
     config_dir: Path, content: str | bytes
