@@ -8,15 +8,19 @@ an answered command waits for the ones before it; the broker's receive window
 (Receive Maximum, 65,535 by default) is what keeps that from stalling others.
 
 When a connection drops, the unacknowledged messages are redelivered on the
-next one (MQTT 5 §4.4). A redelivery of a message still being worked on is
-matched to it by content and not dispatched again: its acknowledgement moves to
-the new connection.
+next one, marked DUP (MQTT 5 §4.4). A redelivery of a message still being
+worked on is matched to it by content and not dispatched again: its
+acknowledgement moves to the new connection. So is one whose PUBACK was sent
+but lost with the connection: it was answered, so it is only acknowledged.
 """
 
 from __future__ import annotations
 
 import collections
 from typing import TYPE_CHECKING
+
+# PUBACKs lost with a connection can only be the last few sent; remember that many.
+RECENT_ACKS = 1000
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -48,6 +52,7 @@ class AckWindow:
         """``send_ack(mid)`` sends a PUBACK on this connection."""
         self._send_ack = send_ack
         self._pending: collections.deque[Delivery] = collections.deque()
+        self._recent: collections.deque[Hashable] = collections.deque(maxlen=RECENT_ACKS)
 
     def __len__(self) -> int:
         """How many messages wait for their acknowledgement."""
@@ -65,39 +70,50 @@ class AckWindow:
             delivery = self._pending.popleft()
             delivery._window = None  # noqa: SLF001
             self._send_ack(delivery._mid)  # noqa: SLF001
+            self._recent.append(delivery.key)
 
-    def close(self) -> list[Delivery]:
-        """The connection is gone: detach and return what was never acknowledged."""
+    def close(self) -> tuple[list[Delivery], list[Hashable]]:
+        """The connection is gone: detach what was never acknowledged.
+
+        Returns:
+            The unacknowledged deliveries, and the keys of the last acknowledged.
+        """
         left = list(self._pending)
         for delivery in left:
             delivery._window = None  # noqa: SLF001
         self._pending.clear()
-        return left
+        return left, list(self._recent)
 
 
 class Redeliveries:
-    """Messages unacknowledged when a connection dropped, awaiting their redelivery."""
+    """What a redelivered (DUP) message may repeat: one in hand, or one just answered."""
 
     def __init__(self) -> None:
         """Nothing awaited yet."""
-        self._awaited: dict[Hashable, collections.deque[Delivery]] = {}
+        self._in_hand: dict[Hashable, collections.deque[Delivery]] = {}
+        self._answered: collections.Counter[Hashable] = collections.Counter()
 
-    def expect(self, deliveries: list[Delivery]) -> None:
-        """The broker will send these again on the next connection."""
-        for delivery in deliveries:
-            self._awaited.setdefault(delivery.key, collections.deque()).append(delivery)
+    def expect(self, in_hand: list[Delivery], answered: list[Hashable]) -> None:
+        """A connection dropped with these unacknowledged and these just acknowledged."""
+        for delivery in in_hand:
+            self._in_hand.setdefault(delivery.key, collections.deque()).append(delivery)
+        # Keep earlier ones too: a connection that failed before its CONNACK acked
+        # nothing, and the broker still owes the redeliveries of the one before.
+        if self._answered.total() + len(answered) > 2 * RECENT_ACKS:
+            self._answered.clear()
+        self._answered.update(answered)
 
     def match(self, key: Hashable) -> Delivery | None:
-        """The earlier delivery this message repeats, if it is a redelivery.
-
-        The broker resends unacknowledged messages before anything new, so the
-        first message that matches nothing ends the matching.
-        """
-        queue = self._awaited.get(key)
-        if not queue:
-            self._awaited.clear()
-            return None
-        delivery = queue.popleft()
-        if not queue:
-            del self._awaited[key]
-        return delivery
+        """The delivery a redelivered message repeats, if any; call only for DUP ones."""
+        queue = self._in_hand.get(key)
+        if queue:
+            delivery = queue.popleft()
+            if not queue:
+                del self._in_hand[key]
+            return delivery
+        if self._answered[key] > 0:
+            self._answered[key] -= 1
+            answered = Delivery(key)
+            answered.settled = True  # its result is out; only the PUBACK was lost
+            return answered
+        return None

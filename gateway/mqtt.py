@@ -14,10 +14,10 @@ import logging
 import math
 import socket
 import ssl
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiomqtt
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -27,13 +27,12 @@ from gateway.backoff import Backoff
 from gateway.messages import Inbound, Outbound, Outbox
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from gateway.config import MqttSettings
     from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
+CALL_TIMEOUT = 10.0  # seconds at most to wait for a CONNACK or SUBACK
 RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.1.2.11.3: the most unacknowledged QoS 1 messages
 
 
@@ -110,29 +109,34 @@ class MqttSession:
 
     async def _serve_connection(self, *, first: bool) -> None:
         client = self._make_client()
-        acks = AckWindow(_puback_sender(client))
+        hooks = _PahoHooks(client)
+        acks = AckWindow(hooks.ack)
         try:
-            async with client:
+            async with client, asyncio.TaskGroup() as tasks:
+                self._outbox.drop_retained()  # the announcements carry the current ones
+                # Read from the start: reading is what notices a dead connection, even
+                # while the subscription and the announcements wait for their acks.
+                reader = tasks.create_task(self._read(client, acks, hooks))
                 await self._subscribe(client)
-                self._outbox.drop_retained()
                 for message in self._handler.announcements():
                     await self._publish(client, message)
-                self._backoff.reset()
-                self._reconnects += 0 if first else 1
-                log.info(
-                    "MQTT: connected to %s:%d%s",
-                    self._settings.host,
-                    self._settings.port,
-                    "" if first else " again",
-                )
-                self._handler.on_connection(connected=True)
-                async with asyncio.TaskGroup() as tasks:
-                    reader = tasks.create_task(self._read(client, acks))
-                    await self._drain_outbox(client)
-                    reader.cancel()
-                self._handler.on_connection(connected=False)
+                self._connected(first=first)
+                await self._drain_outbox(client)
+                reader.cancel()
+            self._handler.on_connection(connected=False)
         finally:
-            self._redeliveries.expect(acks.close())
+            self._redeliveries.expect(*acks.close())
+
+    def _connected(self, *, first: bool) -> None:
+        self._backoff.reset()
+        self._reconnects += 0 if first else 1
+        log.info(
+            "MQTT: connected to %s:%d%s",
+            self._settings.host,
+            self._settings.port,
+            "" if first else " again",
+        )
+        self._handler.on_connection(connected=True)
 
     def _make_client(self) -> aiomqtt.Client:
         client = self._new_client()
@@ -161,6 +165,8 @@ class MqttSession:
             # paho refuses clean_start for 3.1.1, where clean_session=False does the job.
             clean_start=False if self._v5 else MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=s.keepalive,
+            # Give up on a silent broker (no CONNACK, no SUBACK) within the keepalive.
+            timeout=min(CALL_TIMEOUT, 1.5 * s.keepalive),
             properties=properties,
             tls_context=_tls_context(s),
             max_inflight_messages=s.max_inflight,
@@ -183,17 +189,18 @@ class MqttSession:
                 codes,
             )
 
-    async def _read(self, client: aiomqtt.Client, acks: AckWindow) -> None:
+    async def _read(self, client: aiomqtt.Client, acks: AckWindow, hooks: _PahoHooks) -> None:
         async for message in client.messages:
             inbound = _inbound(message)
             if message.qos == 0:
                 self._dispatch(inbound)
                 continue
             key = (inbound.topic, inbound.payload, inbound.retain, inbound.response_topic)
-            earlier = self._redeliveries.match(key)
-            if earlier is not None:
-                acks.add(earlier, message.mid)  # still in hand: answered and acked once
-                continue
+            if hooks.redelivered(message.mid):
+                earlier = self._redeliveries.match(key)
+                if earlier is not None:
+                    acks.add(earlier, message.mid)  # answered (or to be) once, acked here
+                    continue
             delivery = Delivery(key)
             acks.add(delivery, message.mid)
             self._dispatch(dataclasses.replace(inbound, settle=delivery.settle))
@@ -246,19 +253,37 @@ class MqttSession:
             )
 
 
-def _puback_sender(client: aiomqtt.Client) -> Callable[[int], None]:
-    """Send a PUBACK for a packet id on this client's connection.
+class _PahoHooks:
+    """Manual PUBACKs and the DUP flag, which aiomqtt 2.5 does not expose.
 
-    aiomqtt 2.5 has no public manual acknowledgement, so this reaches the paho
-    client it wraps; aiomqtt 3 will need another way.
+    Both reach the paho client that aiomqtt wraps; aiomqtt 3 will need another way.
     """
-    paho = client._client  # noqa: SLF001 - see the docstring
-    paho.manual_ack_set(on=True)
 
-    def send(mid: int) -> None:
-        paho.ack(mid, 1)
+    def __init__(self, client: aiomqtt.Client) -> None:
+        """Turn off automatic PUBACKs and note which messages come marked DUP."""
+        self._paho = client._client  # noqa: SLF001 - see the docstring
+        self._paho.manual_ack_set(on=True)
+        self._duplicates: set[int] = set()
+        deliver = self._paho.on_message
 
-    return send
+        def on_message(paho: Any, userdata: Any, message: MQTTMessage) -> None:  # noqa: ANN401
+            if message.dup:  # MQTT 5 §3.3.1.1: a redelivery of an unacknowledged message
+                self._duplicates.add(message.mid)
+            if deliver is not None:
+                deliver(paho, userdata, message)
+
+        self._paho.on_message = on_message
+
+    def ack(self, mid: int) -> None:
+        """Send the PUBACK for packet ``mid``."""
+        self._paho.ack(mid, 1)
+
+    def redelivered(self, mid: int) -> bool:
+        """Whether packet ``mid`` came marked DUP (asked once per message)."""
+        if mid in self._duplicates:
+            self._duplicates.discard(mid)
+            return True
+        return False
 
 
 def _inbound(message: aiomqtt.Message) -> Inbound:
