@@ -1,0 +1,61 @@
+"""The ceiling: the least an aiomqtt client must do per command, tuned fairly.
+
+For each command it parses the JSON and publishes the same two messages the
+gateway does (the result, and the retained state), concurrently, with a large
+in-flight window and TCP_NODELAY. Run as ``python -m bench.echo --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+
+import aiomqtt
+
+
+async def echo(port: int) -> None:
+    """Answer commands until killed."""
+    states: dict[str, bool] = {}
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier="echo",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        max_inflight_messages=65535,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        timeout=60,
+    ) as client:
+        client.pending_calls_threshold = 1 << 30
+        await client.subscribe("iot/+/command", qos=1)
+        print("ready", flush=True)  # noqa: T201
+        async with asyncio.TaskGroup() as tasks:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                device = message.topic.value.split("/")[1]
+                command = json.loads(message.payload)
+                states[device] = not states.get(device, False)
+                state = {"power": "on" if states[device] else "off"}
+                result = {
+                    "id": command["id"],
+                    "device": device,
+                    "action": command["action"],
+                    "status": "ok",
+                    "error": None,
+                    "state": state,
+                    "duplicate": False,
+                    "duration_ms": 0.0,
+                }
+                tasks.create_task(
+                    client.publish(f"iot/{device}/state", json.dumps(state), qos=1, retain=True)
+                )
+                tasks.create_task(
+                    client.publish(f"iot/{device}/result", json.dumps(result), qos=1)
+                )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(echo(parser.parse_args().port))

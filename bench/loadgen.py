@@ -1,0 +1,133 @@
+"""Load generator: publishes QoS 1 commands with unique ids and times their results.
+
+Runs in its own process (``python -m bench.loadgen``) so that it competes with
+the system under test only for CPU, not for an event loop. Prints one JSON object.
+
+Two modes: ``--window N`` keeps N commands in flight (throughput); ``--rate R``
+publishes R commands per second whatever comes back (latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import time
+
+import aiomqtt
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` percentile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class LoadGenerator:
+    """Sends commands round-robin to ``devices`` devices and collects results."""
+
+    def __init__(self, client: aiomqtt.Client, devices: int) -> None:
+        """Use a connected client."""
+        self.client = client
+        self.devices = devices
+        self.sent_at: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.done = asyncio.Event()
+        self.expected = 0
+        self.window: asyncio.Semaphore | None = None
+
+    async def receive(self) -> None:
+        """Record each result's latency; set ``done`` after the last."""
+        async for message in self.client.messages:
+            assert isinstance(message.payload, bytes)
+            command_id = json.loads(message.payload)["id"]
+            sent = self.sent_at.pop(command_id, None)
+            if sent is None:
+                continue
+            self.latencies.append(time.perf_counter() - sent)
+            if self.window is not None:
+                self.window.release()
+            if len(self.latencies) == self.expected:
+                self.done.set()
+
+    async def send(self, index: int) -> None:
+        """Publish command ``index``."""
+        command_id = f"c{index}"
+        payload = json.dumps({"action": "toggle", "id": command_id})
+        self.sent_at[command_id] = time.perf_counter()
+        await self.client.publish(f"iot/d{index % self.devices}/command", payload, qos=1)
+
+    async def run_window(self, count: int, window: int) -> None:
+        """Keep ``window`` commands in flight until ``count`` are answered."""
+        self.window = asyncio.Semaphore(window)
+        async with asyncio.TaskGroup() as tasks:
+            for index in range(count):
+                await self.window.acquire()
+                tasks.create_task(self.send(index))
+
+    async def run_rate(self, count: int, rate: float) -> None:
+        """Publish at ``rate`` per second, open loop."""
+        began = time.perf_counter()
+        async with asyncio.TaskGroup() as tasks:
+            for index in range(count):
+                delay = index / rate - (time.perf_counter() - began)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.create_task(self.send(index))
+
+
+async def main(args: argparse.Namespace) -> dict[str, float]:
+    """Run one measurement and return its figures."""
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        args.port,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        max_inflight_messages=65535,
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        timeout=60,
+    ) as client:
+        client.pending_calls_threshold = 1 << 30
+        await client.subscribe("iot/+/result", qos=1)
+        generator = LoadGenerator(client, args.devices)
+        generator.expected = args.count
+        receiver = asyncio.create_task(generator.receive())
+        cpu0 = os.times()
+        began = time.perf_counter()
+        if args.rate:
+            await generator.run_rate(args.count, args.rate)
+        else:
+            await generator.run_window(args.count, args.window)
+        await asyncio.wait_for(generator.done.wait(), args.timeout)
+        elapsed = time.perf_counter() - began
+        cpu1 = os.times()
+        receiver.cancel()
+    lat = [x * 1000 for x in generator.latencies]
+    return {
+        "count": args.count,
+        "seconds": elapsed,
+        "per_second": args.count / elapsed,
+        "p50_ms": percentile(lat, 0.50),
+        "p95_ms": percentile(lat, 0.95),
+        "p99_ms": percentile(lat, 0.99),
+        "generator_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+        "generator_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def cli() -> None:
+    """Parse arguments, run, print JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--devices", type=int, default=10)
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--window", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=0)
+    parser.add_argument("--timeout", type=float, default=120)
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))  # noqa: T201
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,240 @@
+"""The benchmark: the gateway against the aiomqtt ceiling, on a private mosquitto.
+
+Run by hand from the repository root (it takes a few minutes)::
+
+    .venv/bin/python -m bench.run            # everything
+    .venv/bin/python -m bench.run --quick    # fewer, smaller runs
+
+It prints a Markdown table. Each system under test and the load generator run
+in processes of their own; the same generator drives the ceiling echo, so a
+gateway figure below the echo's is the gateway's, not the generator's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import yaml
+
+from tests.broker import Broker
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory_mb(pid: int, key: str = "VmHWM") -> float:
+    """Peak (VmHWM) or current (VmRSS) resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def loadgen(port: int, **options: float) -> dict[str, float]:
+    """Run the load generator once and return its figures."""
+    args = [sys.executable, "-m", "bench.loadgen", "--port", str(port)]
+    for name, value in options.items():
+        args += [f"--{name}", str(value)]
+    done = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600)
+    figures: dict[str, float] = json.loads(done.stdout)
+    return figures
+
+
+def start_gateway(
+    broker: Broker, workdir: Path, devices: list[dict[str, Any]]
+) -> subprocess.Popen[bytes]:
+    """Start the gateway process on ``devices``."""
+    config = {
+        "mqtt": {"host": broker.host, "port": broker.port, "max_inflight": 1000},
+        "gateway": {"queue_size": 1000},
+        "logging": {"level": "WARNING"},
+        "devices": devices,
+    }
+    path = workdir / f"gateway-{len(devices)}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(path)])
+
+
+async def wait_online(port: int, devices: int, began: float) -> float:
+    """Seconds from ``began`` until every device's availability is ``online``."""
+    online: set[str] = set()
+    async with aiomqtt.Client("127.0.0.1", port, timeout=60) as client:
+        await client.subscribe("iot/+/availability", qos=1)
+        async with asyncio.timeout(120):
+            async for message in client.messages:
+                if message.payload == b"online":
+                    online.add(message.topic.value)
+                if len(online) == devices:
+                    return time.monotonic() - began
+    raise AssertionError("unreachable")
+
+
+def switches(count: int, **fields: float) -> list[dict[str, Any]]:
+    """``count`` simulated switches d0, d1, ..."""
+    return [{"id": f"d{i}", "type": "simulated.switch", **fields} for i in range(count)]
+
+
+def throughput(port: int, pid: int, runs: int, count: int, devices: int) -> dict[str, float]:
+    """Median/min/max commands per second over ``runs``, and CPU per 1,000 commands."""
+    rates, cpu = [], []
+    for _ in range(runs):
+        before = cpu_seconds(pid)
+        figures = loadgen(port, count=count, devices=devices, window=500)
+        cpu.append((cpu_seconds(pid) - before) / count * 1000)
+        rates.append(figures["per_second"])
+    return {
+        "median": statistics.median(rates),
+        "min": min(rates),
+        "max": max(rates),
+        "cpu_per_1000": statistics.median(cpu),
+        "generator_cpu_share": figures["generator_cpu_s"] / figures["seconds"],
+    }
+
+
+def measure_echo(broker: Broker, runs: int, count: int) -> dict[str, float]:
+    """The ceiling: the echo under the same load."""
+    echo = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo", "--port", str(broker.port)], stdout=subprocess.PIPE
+    )
+    try:
+        assert echo.stdout is not None
+        echo.stdout.readline()  # "ready"
+        loadgen(broker.port, count=1000, devices=10)  # warm up
+        return throughput(broker.port, echo.pid, runs, count, 10)
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+def measure_gateway(
+    broker: Broker, workdir: Path, devices: int, runs: int, count: int
+) -> dict[str, float]:
+    """Start-up, throughput, CPU and memory of the gateway with ``devices`` devices."""
+    began = time.monotonic()
+    gateway = start_gateway(broker, workdir, switches(devices))
+    try:
+        online = asyncio.run(wait_online(broker.port, devices, began))
+        loadgen(broker.port, count=1000, devices=min(devices, 10))  # warm up
+        figures = throughput(broker.port, gateway.pid, runs, count, min(devices, 1000))
+        figures["online_s"] = online
+        figures["rss_mb"] = memory_mb(gateway.pid, "VmRSS")
+        figures["peak_rss_mb"] = memory_mb(gateway.pid)
+        return figures
+    finally:
+        gateway.terminate()
+        gateway.wait()
+
+
+def measure_latency(broker: Broker, workdir: Path, rate: float, count: int) -> dict[str, float]:
+    """p50/p95/p99 at a fixed rate."""
+    gateway = start_gateway(broker, workdir, switches(10))
+    try:
+        asyncio.run(wait_online(broker.port, 10, time.monotonic()))
+        loadgen(broker.port, count=1000, devices=10)
+        return loadgen(broker.port, count=count, devices=10, rate=rate)
+    finally:
+        gateway.terminate()
+        gateway.wait()
+
+
+def measure_slow_fanout(broker: Broker, workdir: Path, devices: int) -> dict[str, float]:
+    """One command each to ``devices`` devices taking 0.1 s: when is the last answered?"""
+    gateway = start_gateway(broker, workdir, switches(devices, latency=0.1))
+    try:
+        asyncio.run(wait_online(broker.port, devices, time.monotonic()))
+        return loadgen(broker.port, count=devices, devices=devices, window=devices)
+    finally:
+        gateway.terminate()
+        gateway.wait()
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the Markdown table."""
+    echo, gateways = results["echo"], results["gateways"]
+    base = gateways[10]
+    print("| figure | value |")  # noqa: T201
+    print("|---|---|")  # noqa: T201
+    rows = [
+        ("aiomqtt ceiling (echo), commands/s", fmt_rate(echo)),
+        ("gateway, 10 devices, commands/s", fmt_rate(base)),
+        ("gateway / ceiling", f"{base['median'] / echo['median']:.2f}x"),
+        ("ceiling CPU s per 1,000 commands", f"{echo['cpu_per_1000']:.3f}"),
+        ("generator CPU share while driving the echo", f"{echo['generator_cpu_share']:.0%}"),
+    ]
+    lat = results["latency"]
+    rows.append(
+        (
+            f"latency at {results['rate']:.0f}/s: p50 / p95 / p99 ms",
+            f"{lat['p50_ms']:.2f} / {lat['p95_ms']:.2f} / {lat['p99_ms']:.2f}",
+        )
+    )
+    for devices, figures in gateways.items():
+        rows.append(
+            (
+                f"{devices} devices: start to online s, RSS MB (peak), CPU s / 1,000 cmds, cmds/s",
+                (
+                    f"{figures['online_s']:.2f}, {figures['rss_mb']:.0f} "
+                    f"({figures['peak_rss_mb']:.0f}), {figures['cpu_per_1000']:.3f}, "
+                    f"{figures['median']:.0f}"
+                ),
+            )
+        )
+    fan = results["fanout"]
+    rows.append(
+        (
+            f"{results['fanout_devices']} devices x 0.1 s, one command each: all answered in",
+            f"{fan['seconds']:.3f} s (p99 {fan['p99_ms']:.0f} ms)",
+        )
+    )
+    for name, value in rows:
+        print(f"| {name} | {value} |")  # noqa: T201
+
+
+def fmt_rate(figures: dict[str, float]) -> str:
+    """Median (min-max)."""
+    return f"{figures['median']:.0f} ({figures['min']:.0f}-{figures['max']:.0f})"
+
+
+def main() -> None:
+    """Run every measurement."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one run each, smaller counts")
+    args = parser.parse_args()
+    runs, count = (1, 5000) if args.quick else (3, 20000)
+    scales = (10, 1000) if args.quick else (10, 1000, 10000)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        broker = Broker(workdir, persistence=False)
+        broker.start()
+        try:
+            results: dict[str, Any] = {"rate": 1000.0, "fanout_devices": 1000}
+            results["echo"] = measure_echo(broker, runs, count)
+            results["gateways"] = {
+                n: measure_gateway(broker, workdir, n, runs, count) for n in scales
+            }
+            results["latency"] = measure_latency(broker, workdir, results["rate"], count // 2)
+            results["fanout"] = measure_slow_fanout(broker, workdir, results["fanout_devices"])
+        finally:
+            broker.kill()
+    print(json.dumps(results, indent=1, default=str), file=sys.stderr)  # noqa: T201
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
