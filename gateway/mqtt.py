@@ -9,11 +9,13 @@ aiomqtt client can report itself connected before the broker's CONNACK).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
 import socket
 import ssl
+import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiomqtt
@@ -27,6 +29,8 @@ from gateway.backoff import Backoff
 from gateway.messages import Inbound, Outbound, Outbox
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from gateway.config import MqttSettings
     from gateway.topics import Topics
 
@@ -312,3 +316,55 @@ def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     if tls.cert_file is not None:
         context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
+
+
+class ToolClient:
+    """A short-lived MQTT client for the command-line tools (``send``, ``watch``)."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        """Wrap a connected client."""
+        self._client = client
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Subscribe at QoS 1."""
+        await self._client.subscribe(topic_filter, qos=1)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 and wait for the broker's acknowledgement."""
+        await self._client.publish(topic, payload, qos=1)
+
+    async def messages(self) -> AsyncIterator[Inbound]:
+        """Every message on the subscriptions."""
+        async for message in self._client.messages:
+            yield _inbound(message)
+
+
+@contextlib.asynccontextmanager
+async def tool_client(settings: MqttSettings) -> AsyncIterator[ToolClient]:
+    """Connect as the gateway's config says, with a clean session and a fresh id.
+
+    Raises:
+        ConnectionError: the broker cannot be reached or refused the login.
+    """
+    client = aiomqtt.Client(
+        settings.host,
+        settings.port,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        identifier=f"{settings.client_id}-tool-{uuid.uuid4().hex[:8]}",
+        protocol=aiomqtt.ProtocolVersion.V5
+        if settings.protocol == "5"
+        else aiomqtt.ProtocolVersion.V311,
+        tls_context=_tls_context(settings),
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        logger=logging.getLogger("gateway.mqtt.client"),
+    )
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        raise ConnectionError(f"cannot connect to {settings.host}:{settings.port}: {exc}") from exc
+    try:
+        yield ToolClient(client)
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
