@@ -87,14 +87,10 @@ def format_line(base: str, topic: str, payload: bytes) -> str:
 def _summarise_result(text: str) -> str:
     try:
         result = json.loads(text)
-        if not isinstance(result, dict):
-            return text
-        outcome = "ok" if result.get("status") == "ok" else (result.get("error") or {}).get("code")
-        action, took, command_id = (
-            result.get("action"),
-            result.get("duration_ms"),
-            result.get("id"),
-        )
-        return f"{action} -> {outcome} ({took} ms) id={command_id}"
     except ValueError:
         return text
+    if not isinstance(result, dict):
+        return text
+    outcome = "ok" if result.get("status") == "ok" else (result.get("error") or {}).get("code")
+    action, took, command_id = result.get("action"), result.get("duration_ms"), result.get("id")
+    return f"{action} -> {outcome} ({took} ms) id={command_id}"
