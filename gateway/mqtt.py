@@ -29,7 +29,9 @@ from gateway.backoff import Backoff
 from gateway.messages import Inbound, Outbound, Outbox
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
+
+    from paho.mqtt.reasoncodes import ReasonCode
 
     from gateway.config import MqttSettings
     from gateway.topics import Topics
@@ -62,8 +64,14 @@ class MqttSession:
         topics: Topics,
         outbox: Outbox,
         handler: SessionHandler,
+        watch: Sequence[str] = (),
     ) -> None:
-        """Nothing connects until ``run``."""
+        """Nothing connects until ``run``.
+
+        ``watch`` are further topic filters to read, retained messages included
+        (Home Assistant's status and discovery configs).
+        """
+        self._watch = tuple(watch)
         self._settings = settings
         self._topics = topics
         self._outbox = outbox
@@ -179,19 +187,16 @@ class MqttSession:
         )
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
+        command_filter = self._topics.command_filter
         if self._v5:
             # MQTT 5 §3.8.3.1: Retain Handling 2 sends no retained messages on subscribe.
             options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-            granted = await client.subscribe(self._topics.command_filter, options=options)
+            granted = await client.subscribe(command_filter, options=options)
         else:
-            granted = await client.subscribe(self._topics.command_filter, qos=1)
-        codes = [code if isinstance(code, int) else code.value for code in granted]
-        if any(code >= 0x80 for code in codes):  # noqa: PLR2004 - MQTT 5 §3.9.3 failure codes
-            log.error(
-                "MQTT: the broker refused the subscription to %s (reason %s); check the ACL",
-                self._topics.command_filter,
-                codes,
-            )
+            granted = await client.subscribe(command_filter, qos=1)
+        _check_granted(command_filter, granted)
+        for topic_filter in self._watch:
+            _check_granted(topic_filter, await client.subscribe(topic_filter, qos=1))
 
     async def _read(self, client: aiomqtt.Client, acks: AckWindow, hooks: _PahoHooks) -> None:
         async for message in client.messages:
@@ -255,6 +260,16 @@ class MqttSession:
             log.error(  # noqa: TRY400 - the reason is enough; no traceback
                 "MQTT: cannot publish to %r: %s; dropped", message.topic, exc
             )
+
+
+def _check_granted(topic_filter: str, granted: Sequence[int | ReasonCode]) -> None:
+    codes = [code if isinstance(code, int) else code.value for code in granted]
+    if any(code >= 0x80 for code in codes):  # noqa: PLR2004 - MQTT 5 §3.9.3 failure codes
+        log.error(
+            "MQTT: the broker refused the subscription to %s (reason %s); check the ACL",
+            topic_filter,
+            codes,
+        )
 
 
 class _PahoHooks:
