@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import sys
 from typing import TYPE_CHECKING
 
 from gateway.config import CONFIG_ENV_VAR, ConfigError, load_config
+from gateway.http import HttpServerError
 from gateway.logs import setup_logging
 from gateway.registry import AdapterRegistry
 from gateway.supervisor import Gateway, install_signal_handlers
@@ -45,14 +47,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(config: Config) -> int:
     """Run the daemon until a signal; 0 after a clean stop, 1 on a crash."""
     setup_logging(config.settings.logging)
+    # A fatal signal prints every thread's stack first: systemd's watchdog kills a
+    # blocked loop with SIGABRT, and the journal then shows where it was stuck.
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     try:
         asyncio.run(_serve(config))
     except SystemExit as exc:
         return int(exc.code or 0)
-    except Exception:
-        log.exception("the gateway crashed")
+    except Exception as exc:
+        known = _startup_error(exc)
+        if known is not None:  # the message says it all; a traceback would bury it
+            log.error("%s", known)  # noqa: TRY400
+        else:
+            log.exception("the gateway crashed")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _startup_error(exc: BaseException) -> HttpServerError | None:
+    """The HTTP server's bind failure, if that is what ended the run (maybe in a group)."""
+    if isinstance(exc, HttpServerError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _startup_error(inner)) is not None:
+                return found
+    return None
 
 
 async def _serve(config: Config) -> None:

@@ -8,11 +8,15 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from gateway.device_runner import Status
 from gateway.dispatcher import Dispatcher
 from gateway.fleet import Fleet
+from gateway.http import HttpServer
 from gateway.messages import Inbound, Outbound, Outbox
+from gateway.metrics import Metrics
 from gateway.mqtt import MqttSession
 from gateway.scenes import SceneRunner
+from gateway.systemd import Notifier
 from gateway.topics import Topics
 
 if TYPE_CHECKING:
@@ -26,10 +30,15 @@ log = logging.getLogger(__name__)
 # After the drain, how long to wait for the last results and `offline` to reach
 # the broker before disconnecting anyway.
 FLUSH_TIMEOUT = 5.0
+# How long the HTTP server and the systemd notifier get to close at the very end.
+BACKGROUND_STOP_TIMEOUT = 5.0
+# Readiness is rechecked on every connection change and device message, and at
+# least this often (seconds): a device that gives up publishes nothing new.
+READY_RECHECK = 0.5
 
 
 class Gateway:
-    """Devices, dispatcher and MQTT session, started and stopped together."""
+    """Devices, dispatcher, MQTT session, HTTP and systemd: started and stopped together."""
 
     def __init__(self, config: Config, registry: AdapterRegistry) -> None:
         """Build every part; nothing runs until ``serve``."""
@@ -37,21 +46,51 @@ class Gateway:
         settings = config.settings
         self.topics = Topics(settings.mqtt.base_topic)
         self.outbox = Outbox()
-        self.fleet = Fleet(config, registry, self.topics, self.outbox.put)
+        self.fleet = Fleet(config, registry, self.topics, self._device_publish)
         self.scenes = SceneRunner(settings.scenes, self.fleet, registry)
-        self.dispatcher = Dispatcher(
-            settings.gateway, self.topics, self.fleet, self.outbox.put, self.scenes
-        )
         self.session = MqttSession(settings.mqtt, self.topics, self.outbox, self)
+        self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
+        self.dispatcher = Dispatcher(
+            settings.gateway,
+            self.topics,
+            self.fleet,
+            self.outbox.put,
+            self.scenes,
+            observe=self.metrics.observe,
+        )
+        self.http = (
+            HttpServer(settings.http, self.not_ready_reason, self.metrics)
+            if settings.http is not None
+            else None
+        )
+        self.systemd = Notifier()
         self.connected = False
         self.should_exit = asyncio.Event()
         self.stopped = asyncio.Event()
+        self._changed = asyncio.Event()  # connection or a device changed: recheck readiness
         self._signals = 0
+        self._was_connected = False
 
     @property
     def ready(self) -> bool:
-        """Connected, subscribed and every device started (online or given up)."""
-        return self.connected and self.fleet.started
+        """Connected, subscribed, every device started (online or given up), not stopping."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the gateway is not ready, or None when it is."""
+        if self.should_exit.is_set():
+            return "shutting down"
+        if not self.connected:
+            return "not connected to the broker"
+        if not self.fleet.started:
+            connecting = [r.id for r in self.fleet if r.status is Status.CONNECTING]
+            return f"devices still connecting: {', '.join(connecting)}"
+        return None
+
+    @property
+    def http_port(self) -> int | None:
+        """The port the HTTP server listens on (once started), or None without one."""
+        return None if self.http is None else self.http.port
 
     # -- what the MQTT session calls ---------------------------------------------
 
@@ -71,8 +110,32 @@ class Gateway:
         self.dispatcher.on_message(message)
 
     def on_connection(self, *, connected: bool) -> None:
-        """Track the broker connection (for readiness)."""
+        """Track the broker connection (for readiness) and tell systemd."""
         self.connected = connected
+        self._changed.set()
+        if self.should_exit.is_set():
+            return
+        if connected:
+            self._was_connected = True
+            self.systemd.status(f"connected to the broker at {self._broker}; {self._online()}")
+        elif self._was_connected:
+            self.systemd.status(f"lost the broker at {self._broker}; reconnecting")
+        else:
+            self.systemd.status(f"connecting to the broker at {self._broker} (not reachable yet)")
+
+    def _device_publish(self, message: Outbound) -> None:
+        """A device's availability or state goes out: readiness may have changed."""
+        self.outbox.put(message)
+        self._changed.set()
+
+    @property
+    def _broker(self) -> str:
+        mqtt = self.config.settings.mqtt
+        return f"{mqtt.host}:{mqtt.port}"
+
+    def _online(self) -> str:
+        online = sum(runner.available for runner in self.fleet)
+        return f"{online} of {len(self.fleet.runners)} devices online"
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -95,18 +158,56 @@ class Gateway:
             self.config.settings.mqtt.host,
             self.config.settings.mqtt.port,
         )
+        self.systemd.status(f"connecting to the broker at {self._broker}")
         try:
             async with asyncio.TaskGroup() as tasks:
+                background = await self._start_background(tasks)
                 tasks.create_task(self.fleet.run(), name="fleet")
                 scenes = tasks.create_task(self.scenes.run(), name="scenes")
                 session = tasks.create_task(self.session.run(), name="mqtt")
                 await self.should_exit.wait()
                 await self._shutdown(session, scenes)
+                await self._stop_background(background)
         finally:
             self.stopped.set()
         log.info("stopped")
 
+    async def _start_background(self, tasks: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """The HTTP server (listening before this returns) and the systemd notifier."""
+        background = []
+        if self.http is not None:
+            background.append(tasks.create_task(self.http.run(), name="http"))
+            # A port already taken ends serve() here, before anything connects.
+            await self.http.started.wait()
+        if self.systemd.enabled:
+            background.append(tasks.create_task(self.systemd.run(), name="systemd"))
+            background.append(tasks.create_task(self._notify_ready(), name="readiness"))
+        return background
+
+    async def _notify_ready(self) -> None:
+        """Send systemd ``READY=1`` the first time the gateway is ready."""
+        while not self.should_exit.is_set():
+            self._changed.clear()
+            if self.ready:
+                self.systemd.ready(f"ready: broker {self._broker}; {self._online()}")
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READY_RECHECK):
+                    await self._changed.wait()
+
+    async def _stop_background(self, background: list[asyncio.Task[None]]) -> None:
+        """Last of all, so /healthz answers and the watchdog pings through the drain."""
+        if self.http is not None:
+            self.http.stop()
+        self.systemd.close()
+        if background:
+            _, late = await asyncio.wait(background, timeout=BACKGROUND_STOP_TIMEOUT)
+            for task in late:
+                task.cancel()
+
     async def _shutdown(self, session: asyncio.Task[None], scenes: asyncio.Task[None]) -> None:
+        self.systemd.stopping("stopping: finishing running commands, then going offline")
+        self._changed.set()  # the readiness watcher, if still waiting, gives up
         self.dispatcher.closing = True
         self.scenes.stop()
         await self.fleet.shutdown(self.config.settings.gateway.shutdown_grace)
@@ -131,11 +232,17 @@ def install_signal_handlers(gateway: Gateway) -> None:
 
 @contextlib.asynccontextmanager
 async def running_gateway(config: Config, registry: AdapterRegistry) -> AsyncIterator[Gateway]:
-    """Run a gateway in the background for the block's duration (for tests)."""
+    """Run a gateway in the background for the block's duration (for tests).
+
+    With ``http`` configured, the block starts once the server listens, so
+    ``gateway.http_port`` is known.
+    """
     gateway = Gateway(config, registry)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(gateway.serve())
         try:
+            if gateway.http is not None:
+                await gateway.http.started.wait()
             yield gateway
         finally:
             gateway.should_exit.set()
