@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from gateway.messages import Outbound
+from gateway.messages import Inbound, Outbound
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Sequence
 
     from gateway.config import HomeAssistantSettings
     from gateway.topics import Topics
@@ -116,11 +116,49 @@ ENTITIES: dict[str, Callable[[], list[Entity]]] = {
 class Discovery:
     """Builds the retained discovery configs for the gateway's devices."""
 
-    def __init__(self, settings: HomeAssistantSettings, topics: Topics, node_id: str) -> None:
-        """``node_id`` keeps two gateways' entities apart (the MQTT client id)."""
+    def __init__(
+        self,
+        settings: HomeAssistantSettings,
+        topics: Topics,
+        node_id: str,
+        devices: Sequence[tuple[str, str]],
+    ) -> None:
+        """Describe ``devices``, ``(id, type)`` pairs, under ``node_id``.
+
+        ``node_id`` (the MQTT client id) keeps two gateways' entities apart.
+        """
         self.prefix = settings.prefix
         self.topics = topics
         self.node_id = "".join(c if c.isalnum() or c in "_-" else "_" for c in node_id)
+        self.devices = list(devices)
+
+    @property
+    def watched(self) -> list[str]:
+        """Topic filters to read: HA's status, and our own earlier configs."""
+        return [self.status_topic, self.config_filter]
+
+    def handle(self, message: Inbound, publish: Callable[[Outbound], None]) -> bool:
+        """Act on a watched message; False if it is not one of ours.
+
+        Home Assistant saying ``online`` (it restarted) gets every config again;
+        a retained config of a device no longer configured gets an empty one,
+        which removes the entity.
+        """
+        topic = message.topic
+        parts = topic.split("/")
+        ours = len(parts) == 5 and parts[0] == self.prefix and parts[2] == self.node_id  # noqa: PLR2004
+        if topic == self.status_topic:
+            if message.payload.strip() == b"online":
+                for announcement in self.announcements():
+                    publish(announcement)
+        elif ours and parts[4] == "config":
+            current = {m.topic for m in self.announcements()}
+            if message.retain and message.payload and topic not in current:
+                publish(Outbound(topic, b"", retain=True))
+        else:
+            return False
+        message.settle()
+        return True
 
     @property
     def status_topic(self) -> str:
@@ -136,10 +174,10 @@ class Discovery:
         """Where one entity's config goes."""
         return f"{self.prefix}/{component}/{self.node_id}/{object_id}/config"
 
-    def announcements(self, devices: Iterable[tuple[str, str]]) -> list[Outbound]:
-        """A retained config per entity of every ``(id, type)`` HA can show."""
+    def announcements(self) -> list[Outbound]:
+        """A retained config per entity of every device HA can show."""
         messages = []
-        for device_id, device_type in devices:
+        for device_id, device_type in self.devices:
             for component, suffix, config in ENTITIES.get(device_type, list)():
                 object_id = f"{device_id}_{suffix}"
                 body = self._complete(device_id, device_type, object_id, config)
@@ -149,13 +187,6 @@ class Discovery:
                 topic = self.config_topic(component, object_id)
                 messages.append(Outbound(topic, payload, retain=True))
         return messages
-
-    def removals(self, retained_topics: Iterable[str], current: list[Outbound]) -> list[Outbound]:
-        """Empty retained configs for entities announced before but gone now."""
-        keep = {message.topic for message in current}
-        return [
-            Outbound(topic, b"", retain=True) for topic in retained_topics if topic not in keep
-        ]
 
     def _complete(
         self, device_id: str, device_type: str, object_id: str, config: dict[str, Any]

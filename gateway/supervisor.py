@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from gateway.device_runner import Status
 from gateway.dispatcher import Dispatcher
 from gateway.fleet import Fleet
+from gateway.homeassistant import Discovery
 from gateway.http import HttpServer
 from gateway.messages import Inbound, Outbound, Outbox
 from gateway.metrics import Metrics
@@ -48,7 +49,18 @@ class Gateway:
         self.outbox = Outbox()
         self.fleet = Fleet(config, registry, self.topics, self._device_publish)
         self.scenes = SceneRunner(settings.scenes, self.fleet, registry)
-        self.session = MqttSession(settings.mqtt, self.topics, self.outbox, self)
+        self.discovery = (
+            Discovery(
+                settings.homeassistant,
+                self.topics,
+                settings.mqtt.client_id,
+                [(device.id, device.type) for device in config.devices],
+            )
+            if settings.homeassistant.discovery
+            else None
+        )
+        watched = self.discovery.watched if self.discovery else []
+        self.session = MqttSession(settings.mqtt, self.topics, self.outbox, self, watched)
         self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
         self.dispatcher = Dispatcher(
             settings.gateway,
@@ -103,10 +115,17 @@ class Gateway:
         ]
         for runner in self.fleet:
             messages += runner.announcements()
+        if self.discovery is not None:
+            messages += self.discovery.announcements()
         return messages
 
     def on_message(self, message: Inbound) -> None:
-        """A message arrived: the dispatcher answers it."""
+        """A message arrived: the dispatcher answers commands.
+
+        Home Assistant's own topics are handled apart.
+        """
+        if self.discovery is not None and self.discovery.handle(message, self.outbox.put):
+            return
         self.dispatcher.on_message(message)
 
     def on_connection(self, *, connected: bool) -> None:
