@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import json
 import logging
 import os
 import sys
 from typing import TYPE_CHECKING
 
+from gateway import tools
 from gateway.config import CONFIG_ENV_VAR, ConfigError, load_config
 from gateway.http import HttpServerError
 from gateway.logs import setup_logging
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no result came in time, or no broker
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd units skip restarts on it
 
 log = logging.getLogger("gateway")
@@ -41,7 +44,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{path}: OK ({len(config.devices)} devices)")  # noqa: T201
         return EXIT_OK
+    if args.command == "send":
+        return send(config, args.device, args.action, args.params, args.wait)
+    if args.command == "watch":
+        return watch(config)
     return run(config)
+
+
+def send(config: Config, device: str, action: str, pairs: list[str], wait: float) -> int:
+    """Send one command and print its result: 0 on ok, 1 on an error result, 69 on none."""
+    try:
+        params = tools.parse_params(pairs)
+    except ValueError as exc:
+        print(f"iot-gateway send: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_FAILURE
+    try:
+        result = asyncio.run(tools.send(config.settings.mqtt, device, action, params, wait))
+    except ConnectionError as exc:
+        print(f"iot-gateway send: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNAVAILABLE
+    if result is None:
+        print(f"iot-gateway send: no result within {wait:g} s", file=sys.stderr)  # noqa: T201
+        return EXIT_UNAVAILABLE
+    print(json.dumps(result, indent=2))  # noqa: T201
+    return EXIT_OK if result.get("status") == "ok" else EXIT_FAILURE
+
+
+def watch(config: Config) -> int:
+    """Print results, state and availability as they come, until Ctrl-C."""
+    try:
+        asyncio.run(tools.watch(config.settings.mqtt, lambda line: print(line, flush=True)))  # noqa: T201
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ConnectionError as exc:
+        print(f"iot-gateway watch: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
 
 
 def run(config: Config) -> int:
@@ -85,9 +123,12 @@ async def _serve(config: Config) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iot-gateway", description="MQTT IoT gateway daemon.")
     commands = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
     for name, text in (
         ("run", "run the gateway until SIGTERM or SIGINT"),
         ("check-config", "validate the configuration without connecting"),
+        ("send", "send one command, wait for its result and print it"),
+        ("watch", "print results, state and availability as they come"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
@@ -96,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help=f"YAML configuration file (default: ${CONFIG_ENV_VAR})",
         )
+        parsers[name] = command
+    send_parser = parsers["send"]
+    send_parser.add_argument("device")
+    send_parser.add_argument("action")
+    send_parser.add_argument("params", nargs="*", metavar="key=value", help="JSON values or text")
+    send_parser.add_argument(
+        "--wait", type=float, default=10, metavar="SECONDS", help="how long to wait (10)"
+    )
     return parser
 
 
