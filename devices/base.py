@@ -56,11 +56,22 @@ class Adapter(abc.ABC):
     """One device. The host calls ``open``, then ``execute`` one action at a time.
 
     Subclasses set ``config_model`` and ``actions`` (action name to its parameter
-    model) and keep ``state`` current through ``update_state``.
+    model) and keep ``state`` current through ``update_state``. An adapter whose
+    actions come from its configuration overrides ``actions_for`` instead.
     """
 
     config_model: ClassVar[type[DeviceConfig]] = DeviceConfig
     actions: ClassVar[Mapping[str, type[Params]]] = {}
+
+    @classmethod
+    def actions_for(cls, config: DeviceConfig) -> Mapping[str, type[Params]]:
+        """The actions of the device configured by ``config``; ``actions`` by default.
+
+        The host calls it before any instance exists, to check commands and to
+        describe the device, so it must be cheap and must not touch the device.
+        """
+        del config
+        return cls.actions
 
     def __init__(self, config: DeviceConfig, events: DeviceEvents) -> None:
         """Bind the adapter to its validated config and its host's event sink."""

@@ -111,7 +111,8 @@ class Dispatcher:
         runner = self._fleet.get(device)
         if runner is None:
             raise CommandError(ErrorCode.UNKNOWN_DEVICE, f"no device {device!r}")
-        job = Job(command, validate_params(runner.adapter_type, command.action, command.params))
+        actions = runner.adapter_type.actions_for(runner.config)
+        job = Job(command, validate_params(actions, command.action, command.params))
 
         def submit() -> asyncio.Future[Result]:
             runner.submit(job)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-    from devices import Adapter, Params
+    from devices import Params
 
 
 class ErrorCode(enum.StrEnum):
@@ -49,15 +49,17 @@ class CommandError(Exception):
         return {"code": self.code.value, "message": self.message}
 
 
-def validate_params(adapter: type[Adapter], action: str, params: Mapping[str, Any]) -> Params:
-    """Check ``action`` exists and ``params`` fit its model.
+def validate_params(
+    actions: Mapping[str, type[Params]], action: str, params: Mapping[str, Any]
+) -> Params:
+    """Check ``action`` is one of ``actions`` (a device's) and ``params`` fit its model.
 
     Raises:
         CommandError: ``unknown_action`` or ``invalid_params``, naming the field.
     """
-    model = adapter.actions.get(action)
+    model = actions.get(action)
     if model is None:
-        known = ", ".join(sorted(adapter.actions))
+        known = ", ".join(sorted(actions))
         raise CommandError(
             ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r} (actions: {known})"
         )

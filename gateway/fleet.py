@@ -65,7 +65,7 @@ class Fleet:
                 "depends_on": list(r.config.depends_on),
                 "actions": {
                     name: model.model_json_schema()
-                    for name, model in r.adapter_type.actions.items()
+                    for name, model in r.adapter_type.actions_for(r.config).items()
                 },
             }
             for r in self

@@ -73,7 +73,8 @@ class SceneRunner:
         planned = []
         for step in steps:
             runner = self._fleet.runners[step.device]
-            params = validate_params(runner.adapter_type, step.action, step.params)
+            actions = runner.adapter_type.actions_for(runner.config)
+            params = validate_params(actions, step.action, step.params)
             planned.append(PlannedStep(step, runner, params))
         return planned
 

@@ -68,7 +68,8 @@ def _check_action(
     if device is None:
         return [f"{at}.device: unknown device {step.device!r}"]
     try:
-        validate_params(registry.get(device.type), step.action, step.params)
+        actions = registry.get(device.type).actions_for(device)
+        validate_params(actions, step.action, step.params)
     except (CommandError, UnknownAdapterError) as exc:
         return [f"{at}: {exc}"]
     return []

@@ -53,6 +53,8 @@ class Topics:
         prefix = f"{self.base}/"
         if not topic.startswith(prefix) or not topic.endswith("/command"):
             return None
+        if len(topic) < len(prefix) + len("/command"):  # "iot/command": the two overlap
+            return None
         segment = topic[len(prefix) : -len("/command")]
         # An empty segment (iot//command) matches the subscription too: it is
         # answered unknown_device like any other wrong id.
