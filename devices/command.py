@@ -133,16 +133,8 @@ class CommandDevice(ConfiguredActionsAdapter):
 
     async def background(self) -> None:
         """Run the state program every ``poll_interval``; a failure means the device is lost."""
-        interval = self.config.poll_interval
-        if interval is None or self.config.state is None:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._read_state()
-            except DeviceError as exc:
-                self.events.connection_lost(str(exc))
-                return
+        if self.config.state is not None:
+            await self.poll(self.config.poll_interval, self._read_state)
 
     async def execute(self, action: str, params: Params) -> None:
         """Run the action's program with the parameters as arguments."""

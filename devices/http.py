@@ -160,16 +160,7 @@ class HttpDevice(ConfiguredActionsAdapter):
 
     async def background(self) -> None:
         """Read the state every ``poll_interval``; a failed read means the device is lost."""
-        interval = self.config.poll_interval
-        if interval is None:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._read_state()
-            except DeviceError as exc:
-                self.events.connection_lost(str(exc))
-                return
+        await self.poll(self.config.poll_interval, self._read_state)
 
     async def execute(self, action: str, params: Params) -> None:
         """Send the action's request; take state from its response or re-read it."""

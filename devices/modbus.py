@@ -8,7 +8,6 @@ registers, and ``turn_on_<name>``/``turn_off_<name>`` for coils.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import TYPE_CHECKING, Annotated, ClassVar
 
@@ -198,16 +197,10 @@ class ModbusDevice(ConfiguredActionsAdapter):
 
     async def background(self) -> None:
         """Read every point each ``poll_interval``; a failed read means the device is lost."""
-        interval = self.config.poll_interval
-        if interval is None:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.merge_state(await self._read_all())
-            except DeviceError as exc:
-                self.events.connection_lost(str(exc))
-                return
+        await self.poll(self.config.poll_interval, self._read_and_merge)
+
+    async def _read_and_merge(self) -> None:
+        self.merge_state(await self._read_all())
 
     async def execute(self, action: str, params: Params) -> None:
         """Write the point, then record the value written."""

@@ -152,16 +152,7 @@ class TcpDevice(ConfiguredActionsAdapter):
             raise DeviceError(f"unexpected reply to {line!r}: {reply!r}")
 
     async def _poll(self) -> None:
-        interval = self.config.poll_interval
-        if interval is None:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._query()
-            except DeviceError as exc:  # a device that stops answering is lost
-                self.events.connection_lost(str(exc))
-                return
+        await self.poll(self.config.poll_interval, self._query)
 
     async def _query(self) -> None:
         for line in self.config.query:

@@ -13,6 +13,7 @@ configuration error, not a literal ``{levle}`` sent to a device.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -32,10 +33,10 @@ from pydantic import (
     model_validator,
 )
 
-from devices.base import Adapter, DeviceConfig, Params
+from devices.base import Adapter, DeviceConfig, DeviceError, Params
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 ACTION_PATTERN = r"^[a-z_][a-z0-9_]*$"  # what a bare-name command can reach
@@ -276,6 +277,21 @@ class ConfiguredActionsAdapter(Adapter):
         if isinstance(config, ConfiguredActionsConfig):
             return config.action_models
         return cls.actions
+
+    async def poll(self, interval: float | None, read: Callable[[], Awaitable[object]]) -> None:
+        """Call ``read`` every ``interval`` seconds (never when None).
+
+        A failed read means the device is lost: the host reconnects it.
+        """
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await read()
+            except DeviceError as exc:
+                self.events.connection_lost(str(exc))
+                return
 
     def merge_state(self, changes: Mapping[str, object]) -> None:
         """Merge ``changes`` (any keys, ``force`` included) into ``state`` and tell the host."""
