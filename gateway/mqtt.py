@@ -116,7 +116,7 @@ class MqttSession:
             mqtt_errors, others = group.split(aiomqtt.MqttError)
             if others is not None or mqtt_errors is None:
                 raise
-            return "; ".join(str(exc) or type(exc).__name__ for exc in mqtt_errors.exceptions)
+            return "; ".join(str(exc) or type(exc).__name__ for exc in _leaves(mqtt_errors))
         return None
 
     async def _serve_connection(self, *, first: bool) -> None:
@@ -260,6 +260,14 @@ class MqttSession:
             log.error(  # noqa: TRY400 - the reason is enough; no traceback
                 "MQTT: cannot publish to %r: %s; dropped", message.topic, exc
             )
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in a group, nested groups flattened."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
 
 
 def _check_granted(topic_filter: str, granted: Sequence[int | ReasonCode]) -> None:
