@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import socket
 
 import aiomqtt
@@ -48,10 +49,18 @@ async def echo(port: int) -> None:
                     "duration_ms": 0.0,
                 }
                 tasks.create_task(
-                    client.publish(f"iot/{device}/state", json.dumps(state), qos=1, retain=True)
+                    client.publish(
+                        f"iot/{device}/state",
+                        json.dumps(state),
+                        qos=1,
+                        retain=True,
+                        timeout=math.inf,
+                    )
                 )
                 tasks.create_task(
-                    client.publish(f"iot/{device}/result", json.dumps(result), qos=1)
+                    client.publish(
+                        f"iot/{device}/result", json.dumps(result), qos=1, timeout=math.inf
+                    )
                 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import socket
@@ -58,7 +59,9 @@ class LoadGenerator:
         command_id = f"c{index}"
         payload = json.dumps({"action": "toggle", "id": command_id})
         self.sent_at[command_id] = time.perf_counter()
-        await self.client.publish(f"iot/d{index % self.devices}/command", payload, qos=1)
+        await self.client.publish(
+            f"iot/d{index % self.devices}/command", payload, qos=1, timeout=math.inf
+        )
 
     async def run_window(self, count: int, window: int) -> None:
         """Keep ``window`` commands in flight until ``count`` are answered."""

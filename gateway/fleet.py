@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,8 @@ from gateway.device_runner import DeviceRunner, Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from pydantic import BaseModel
 
     from gateway.config import Config
     from gateway.messages import Outbound
@@ -64,7 +67,7 @@ class Fleet:
                 "type": r.config.type,
                 "depends_on": list(r.config.depends_on),
                 "actions": {
-                    name: model.model_json_schema()
+                    name: _schema(model)
                     for name, model in r.adapter_type.actions_for(r.config).items()
                 },
             }
@@ -119,6 +122,12 @@ class Fleet:
         async with asyncio.TaskGroup() as tasks:
             for runner in self:
                 tasks.create_task(close(runner))
+
+
+@functools.cache
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A params model's JSON Schema; many devices share a few models."""
+    return model.model_json_schema()
 
 
 async def _until_idle(runners: list[DeviceRunner]) -> None:
