@@ -44,6 +44,9 @@ DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_IDS = frozenset({"gateway"})
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV_VAR = "GATEWAY_CONFIG"
+# libyaml's safe loader, when PyYAML was built with it, reads a large device list
+# about ten times faster than the pure-Python one.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(Exception):
@@ -273,7 +276,7 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML{_yaml_position(exc)}"]) from None
     except (ValueError, TypeError, RecursionError) as exc:  # e.g. a date like 2001-02-30
