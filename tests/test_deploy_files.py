@@ -39,9 +39,19 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-MOSQUITTO_CONF = ROOT / "mosquitto" / "mosquitto.conf"
+GITIGNORE = ROOT / ".gitignore"
+ENV_EXAMPLE = ROOT / ".env.example"
+BROKER_CONF = ROOT / "mosquitto" / "compose.conf"
+HEALTHCHECK_ACL = ROOT / "mosquitto" / "healthcheck.acl"
 DEMO_CONFIG = ROOT / "examples" / "demo.yaml"
 ENV_PREFIX = "GATEWAY_"
+# The two listeners of compose.conf: clients (published) and the healthcheck's.
+CLIENT_PORT = "1883"
+HEALTH_PORT = "1880"
+# Where the mosquitto-passwd service writes the password file (a volume).
+AUTH_DIR = "/mosquitto/auth"
+# ${NAME:?message}: a variable compose requires (from the environment or .env).
+REQUIRED_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*):\?([^}]*)\}")
 
 # --- reading the files -----------------------------------------------------------
 
@@ -87,6 +97,45 @@ def uninterpolated(value: str) -> str:
     return value.replace("$$", "$")
 
 
+def env_file_variables(path: Path) -> dict[str, str]:
+    """The ``NAME=value`` lines of an env file such as .env.example."""
+    pairs = (line.partition("=") for line in path.read_text().splitlines())
+    return {
+        name.strip(): value.strip()
+        for name, equals, value in pairs
+        if equals and name.strip() and not name.lstrip().startswith("#")
+    }
+
+
+def interpolated(value: str, variables: dict[str, str]) -> str:
+    """What compose makes of ``value`` given ``variables`` (the environment, .env).
+
+    Only ``${NAME:?message}`` is allowed: compose stops with the message when
+    NAME is unset or empty, so this raises ``LookupError`` then.
+    """
+
+    def required(match: re.Match[str]) -> str:
+        name, message = match.groups()
+        if not variables.get(name):
+            raise LookupError(f"{name}: {message}")
+        return variables[name].replace("$", "$$")  # a value is never interpolated
+
+    return uninterpolated(REQUIRED_VARIABLE.sub(required, value))
+
+
+def example_variables() -> dict[str, str]:
+    """The variables compose would read from a .env copied from .env.example."""
+    return env_file_variables(ENV_EXAMPLE)
+
+
+def compose_environment(name: str) -> dict[str, str]:
+    """A service's environment as its container gets it, with .env.example's values."""
+    variables = example_variables()
+    return {
+        key: interpolated(value, variables) for key, value in environment(service(name)).items()
+    }
+
+
 def seconds(duration: str) -> float:
     """A compose duration such as ``15s`` or ``1m30s``."""
     units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
@@ -130,10 +179,59 @@ def exec_form(arguments: str) -> list[str]:
     return cast("list[str]", value)
 
 
+def directives(path: Path) -> list[list[str]]:
+    """A mosquitto config's (or ACL's) directives, comments and blank lines left out."""
+    lines = path.read_text().splitlines()
+    return [line.split() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def broker_directives() -> list[list[str]]:
-    """mosquitto.conf's directives, comments and blank lines left out."""
-    lines = MOSQUITTO_CONF.read_text().splitlines()
-    return [line.split() for line in lines if line.strip() and not line.startswith("#")]
+    """compose.conf's directives."""
+    return directives(BROKER_CONF)
+
+
+def listener_settings() -> dict[str, list[list[str]]]:
+    """compose.conf's listeners by port, each with the directives that follow it."""
+    listeners: dict[str, list[list[str]]] = {}
+    current: list[list[str]] | None = None
+    for directive in broker_directives():
+        if directive[0] == "listener":
+            current = listeners.setdefault(directive[1], [directive])
+        elif current is not None:
+            current.append(directive)
+    return listeners
+
+
+def listener_option(port: str, option: str) -> str:
+    """The value of one per-listener option of compose.conf's listener on ``port``."""
+    found = [d[1] for d in listener_settings()[port] if d[0] == option]
+    assert len(found) == 1, f"listener {port}: {option} set {len(found)} times"
+    return found[0]
+
+
+def host_file(name: str, target: str) -> Path:
+    """The repo file that ``name``'s compose bind mounts put at container path ``target``."""
+    for source, mounted in bind_mounts(service(name)):
+        if target == mounted or target.startswith(mounted.rstrip("/") + "/"):
+            return ROOT / source / Path(target).relative_to(mounted)
+    pytest.fail(f"{target} is not mounted from the repo in service {name}")
+
+
+def passwd_script() -> str:
+    """The shell script the mosquitto-passwd service runs (after compose's $$ escapes)."""
+    command = service("mosquitto-passwd")["command"]
+    assert command[:2] == ["sh", "-ec"], command
+    return uninterpolated(command[2])
+
+
+def one_shot_services() -> set[str]:
+    """Services that others wait on to complete, instead of to be healthy."""
+    return {
+        name
+        for spec in compose()["services"].values()
+        for name, condition in spec.get("depends_on", {}).items()
+        if condition.get("condition") == "service_completed_successfully"
+    }
 
 
 # --- settings named by environment variables ------------------------------------
@@ -214,18 +312,73 @@ def test_compose_gateway_variables_name_real_settings() -> None:
         if name.upper().startswith(ENV_PREFIX) and name != CONFIG_ENV_VAR
     ]
     assert names
+    assert "GATEWAY_MQTT__USERNAME" in names
     for name in names:
-        # Secrets come from the untracked env_file, never from the compose file.
-        assert setting_for(name) is not SecretStr, f"{name} is a secret: use the env_file"
+        setting_for(name)
+
+
+def test_compose_secrets_come_from_the_environment_only() -> None:
+    for service_name, spec in compose()["services"].items():
+        for name, value in environment(spec).items():
+            secret = name.upper().startswith(ENV_PREFIX) and setting_for(name) is SecretStr
+            if secret or "PASSWORD" in name.upper():
+                # Interpolated by compose from the environment or .env: never a
+                # value written here (and so never in the image either).
+                assert REQUIRED_VARIABLE.fullmatch(value), f"{service_name}: {name}={value!r}"
+    assert environment(service("gateway"))["GATEWAY_MQTT__USERNAME"] == "gateway"
+    # The gateway gets its own password, not the client's (no env_file either).
+    gateway_variables = REQUIRED_VARIABLE.findall(json.dumps(service("gateway")))
+    assert [name for name, _ in gateway_variables] == ["MQTT_GATEWAY_PASSWORD"]
+    assert "env_file" not in service("gateway")
+
+
+def test_compose_required_variables_are_in_env_example() -> None:
+    values = [
+        value
+        for spec in compose()["services"].values()
+        for value in environment(spec).values()
+        if REQUIRED_VARIABLE.search(value)
+    ]
+    names = {name for value in values for name, _ in REQUIRED_VARIABLE.findall(value)}
+    assert names == {"MQTT_GATEWAY_PASSWORD", "MQTT_CLIENT_PASSWORD"}
+    assert set(example_variables()) == names
+    assert all(example_variables().values())
+    for value in values:
+        # Unset, compose stops with a message that says what to do.
+        with pytest.raises(LookupError, match=r"set MQTT_\w+ in \.env \(see \.env\.example\)"):
+            interpolated(value, {})
+
+
+def test_env_file_is_ignored_untracked_and_has_an_example() -> None:
+    assert ".env" in GITIGNORE.read_text().split()
+    assert ".env" in DOCKERIGNORE.read_text().split(), "keep it out of the image"
+    for path, ignored in ((".env", True), (".env.example", False)):
+        check = subprocess.run(
+            ["git", "check-ignore", "-q", path], cwd=ROOT, capture_output=True, check=False
+        )
+        assert (check.returncode == 0) is ignored, f"{path} ignored by git: {not ignored}"
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", ".env"],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
+    assert tracked.returncode != 0, ".env holds secrets: do not commit it"
 
 
 def test_compose_has_no_accidental_interpolation() -> None:
     # A lone $ (say $SYS) would be replaced by a variable's value, usually empty.
-    uninterpolated(json.dumps(compose()))
+    uninterpolated(REQUIRED_VARIABLE.sub("", json.dumps(compose())))
 
 
 def test_compose_services_restart_and_have_healthchecks() -> None:
+    one_shot = one_shot_services()
+    assert one_shot == {"mosquitto-passwd"}
     for name, spec in compose()["services"].items():
+        if name in one_shot:
+            # Runs to completion once per `up`; restarting it would loop.
+            assert spec.get("restart", "no") == "no", name
+            continue
         assert spec.get("restart") in {"always", "unless-stopped", "on-failure"}, name
         check = spec.get("healthcheck", {})
         assert not check.get("disable"), name
@@ -238,6 +391,31 @@ def test_compose_gateway_waits_for_a_healthy_broker() -> None:
     assert depends_on["mosquitto"]["condition"] == "service_healthy"
 
 
+def test_compose_broker_waits_for_its_password_file() -> None:
+    depends_on = service("mosquitto")["depends_on"]
+    assert depends_on["mosquitto-passwd"]["condition"] == "service_completed_successfully"
+    password_file = listener_option(CLIENT_PORT, "password_file")
+    assert password_file == f"{AUTH_DIR}/passwd"
+    # Both services mount the same named volume there; the broker read-only.
+    [writer] = [s for s, t in volumes(service("mosquitto-passwd")) if t == AUTH_DIR]
+    [reader] = [
+        volume
+        for volume in service("mosquitto")["volumes"]
+        if isinstance(volume, str) and volume.split(":")[1] == AUTH_DIR
+    ]
+    assert writer in compose()["volumes"]
+    assert reader == f"{writer}:{AUTH_DIR}:ro"
+    assert service("mosquitto-passwd")["image"] == service("mosquitto")["image"]
+    script = passwd_script()
+    assert f"{AUTH_DIR}/passwd" in script
+    # Every user the ACL names gets a password.
+    acl = host_file("mosquitto", listener_option(CLIENT_PORT, "acl_file"))
+    users = [d[1] for d in directives(acl) if d[0] == "user"]
+    assert users == ["gateway", "client"]
+    for user in users:
+        assert re.search(rf"mosquitto_passwd .*-b \S+ {user} ", script), user
+
+
 def test_compose_gateway_stops_cleanly_within_the_grace_period() -> None:
     stop_grace = seconds(service("gateway")["stop_grace_period"])
     settings = load_config(DEMO_CONFIG, AdapterRegistry.from_entry_points()).settings
@@ -246,28 +424,32 @@ def test_compose_gateway_stops_cleanly_within_the_grace_period() -> None:
     assert stop_grace > settings.gateway.shutdown_grace + FLUSH_TIMEOUT
 
 
-def test_compose_env_file_is_optional_and_untracked() -> None:
-    for entry in service("gateway").get("env_file", []):
-        assert isinstance(entry, dict), "a plain env_file entry is required to exist"
-        assert entry["required"] is False
-        assert entry["path"] in DOCKERIGNORE.read_text().split(), "keep it out of the image"
-        tracked = subprocess.run(
-            ["git", "ls-files", "--error-unmatch", entry["path"]],
-            cwd=ROOT,
-            capture_output=True,
-            check=False,
-        )
-        assert tracked.returncode != 0, f"{entry['path']} holds secrets: do not commit it"
-
-
-def test_compose_broker_port_matches_its_config() -> None:
+def test_compose_broker_listeners_match_its_config() -> None:
     spec = service("mosquitto")
-    [listener] = [d for d in broker_directives() if d[0] == "listener"]
-    assert listener == ["listener", "1883"], "one listener, every interface, port 1883"
-    published = [str(port).split(":")[-1].removesuffix("/tcp") for port in spec["ports"]]
-    assert published == ["1883"]
+    assert ["per_listener_settings", "true"] in broker_directives()
+    listeners = listener_settings()
+    assert set(listeners) == {CLIENT_PORT, HEALTH_PORT}
+    # Clients: every interface (the compose network), logins and the ACL only.
+    assert listeners[CLIENT_PORT][0] == ["listener", CLIENT_PORT]
+    assert listener_option(CLIENT_PORT, "allow_anonymous") == "false"
+    assert host_file("mosquitto", listener_option(CLIENT_PORT, "acl_file")) == (
+        ROOT / "mosquitto" / "secure" / "acl"
+    )
+    # The healthcheck: loopback in the container, anonymous, $SYS read-only.
+    assert listeners[HEALTH_PORT][0] == ["listener", HEALTH_PORT, "127.0.0.1"]
+    assert listener_option(HEALTH_PORT, "allow_anonymous") == "true"
+    health_acl = host_file("mosquitto", listener_option(HEALTH_PORT, "acl_file"))
+    assert health_acl == HEALTHCHECK_ACL
+    assert directives(health_acl) == [["topic", "read", "$SYS/#"]]
+    # Only the clients' port is published, on the host's loopback.
+    assert [str(port) for port in spec["ports"]] == [f"127.0.0.1:{CLIENT_PORT}:{CLIENT_PORT}"]
     command = spec["healthcheck"]["test"]
-    assert command[command.index("-p") + 1] == "1883"
+    assert command[command.index("-p") + 1] == HEALTH_PORT
+    assert command[command.index("-h") + 1] == "127.0.0.1"
+    assert "-u" not in command
+    assert "-P" not in command
+    assert ["set_tcp_nodelay", "true"] in broker_directives()
+    assert ["max_inflight_messages", "0"] in broker_directives()
 
 
 def test_compose_broker_keeps_data_and_log_on_volumes() -> None:
@@ -280,6 +462,9 @@ def test_compose_broker_keeps_data_and_log_on_volumes() -> None:
     assert ["log_dest", "stdout"] in directives
     for path in (location, log_file):
         assert any(path.startswith(target.rstrip("/") + "/") for target in targets), path
+    # Each on its own writable volume, not on the read-only password volume.
+    for path in (location, log_file):
+        assert not path.startswith(AUTH_DIR + "/"), path
 
 
 # --- Dockerfile -----------------------------------------------------------------
@@ -342,7 +527,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
 def test_demo_config_passes_check_config_with_the_compose_environment() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", "-c", str(DEMO_CONFIG)],
-        env=clean_env(**environment(service("gateway"))),
+        env=clean_env(**compose_environment("gateway")),
         capture_output=True,
         text=True,
         timeout=30,
@@ -352,55 +537,91 @@ def test_demo_config_passes_check_config_with_the_compose_environment() -> None:
     assert "OK" in completed.stdout
 
 
+def write_password_file(directory: Path) -> Path:
+    """Run the mosquitto-passwd service's script here, writing into ``directory``."""
+    script = passwd_script().replace(AUTH_DIR, str(directory))
+    # The image's mosquitto user is whoever runs the tests (and the broker) here.
+    me = f"{os.geteuid()}:{os.getegid()}"
+    script = script.replace("chown mosquitto:mosquitto", f"chown {me}")
+    completed = subprocess.run(
+        ["sh", "-ec", script],
+        env={"PATH": os.environ["PATH"], **compose_environment("mosquitto-passwd")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    password_file = directory / "passwd"
+    assert password_file.stat().st_mode & 0o077 == 0, "the password file is readable by others"
+    assert [path.name for path in directory.iterdir()] == ["passwd"]
+    text = password_file.read_text()
+    for password in example_variables().values():
+        assert password not in text, "a password is stored in clear"
+    return password_file
+
+
 class RepoBroker:
-    """Mosquitto run with the repo's config, moved to a free loopback port and tmp_path."""
+    """Mosquitto run with the repo's config, moved to free loopback ports and tmp_path."""
 
     def __init__(self, workdir: Path) -> None:
-        """Write the rewritten config and start mosquitto with it."""
+        """Write the rewritten config and the password file and start mosquitto."""
         self.port = free_port()
+        self.health_port = free_port()
         self.data_dir = workdir / "data"
         self.log_file = workdir / "log" / "mosquitto.log"
         self.stdout_file = workdir / "stdout.log"
         self.data_dir.mkdir()
         self.log_file.parent.mkdir()
+        auth_dir = workdir / "auth"
+        auth_dir.mkdir()
+        self.password_file = write_password_file(auth_dir)
         config = workdir / "mosquitto.conf"
-        config.write_text(self.rewrite(MOSQUITTO_CONF.read_text()))
+        config.write_text(self.rewrite(BROKER_CONF.read_text()))
         with self.stdout_file.open("wb") as stdout:
             self.process = subprocess.Popen(
                 [MOSQUITTO, "-c", str(config)], stdout=stdout, stderr=subprocess.STDOUT
             )
 
     def rewrite(self, text: str) -> str:
-        """Point the listener, persistence and log file at this test's port and files."""
+        """Point listeners, persistence, log, password and ACL files at this test's."""
         replacements = {
-            ("listener",): f"listener {self.port} 127.0.0.1",
+            ("listener", CLIENT_PORT): f"listener {self.port} 127.0.0.1",
+            ("listener", HEALTH_PORT): f"listener {self.health_port} 127.0.0.1",
             ("persistence_location",): f"persistence_location {self.data_dir}/",
             ("log_dest", "file"): f"log_dest file {self.log_file}",
+            ("password_file",): f"password_file {self.password_file}",
         }
         lines = []
         for line in text.splitlines():
             words = tuple(line.split())
+            if words[:1] == ("acl_file",):
+                # The repo file compose mounts at that path.
+                lines.append(f"acl_file {host_file('mosquitto', words[1])}")
+                continue
             key = words[:1] if words[:1] in replacements else words[:2]
             lines.append(replacements.pop(key, line))
-        assert not replacements, f"mosquitto.conf lacks {sorted(replacements)}"
+        assert not replacements, f"compose.conf lacks {sorted(replacements)}"
         # Started as root, mosquitto drops to the `mosquitto` user, which cannot
         # write to tmp_path; keep whoever runs the tests (ignored unless root).
-        lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+        lines.insert(0, f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         return "\n".join(lines) + "\n"
 
     def wait_until_listening(self, timeout: float = 10) -> None:
-        """Poll until a TCP connect succeeds; fail if mosquitto exits or times out."""
+        """Poll until TCP connects succeed; fail if mosquitto exits or times out."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"mosquitto exited: {self.stdout_file.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except ConnectionRefusedError:
-                time.sleep(0.01)  # poll interval: nothing to wait on but the port
-            else:
-                return
-        pytest.fail("mosquitto did not start listening")
+        for port in (self.port, self.health_port):
+            while True:
+                if self.process.poll() is not None:
+                    pytest.fail(f"mosquitto exited: {self.stdout_file.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail("mosquitto did not start listening")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                except ConnectionRefusedError:
+                    time.sleep(0.01)  # poll interval: nothing to wait on but the port
+                else:
+                    break
 
     def stop(self) -> int:
         """SIGTERM by PID (mosquitto saves persistence then) and wait for the exit code."""
@@ -411,7 +632,7 @@ class RepoBroker:
 
 @pytest.fixture
 def repo_broker(tmp_path: Path) -> Iterator[RepoBroker]:
-    """The repo's mosquitto.conf running on a free port, stopped after the test."""
+    """The repo's compose.conf running on free ports, stopped after the test."""
     workdir = tmp_path / "broker"
     workdir.mkdir()
     broker = RepoBroker(workdir)
@@ -445,8 +666,25 @@ def run_healthcheck(
     )
 
 
+def mqtt(tool: str, port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run mosquitto_pub or mosquitto_sub against 127.0.0.1:``port``."""
+    executable = shutil.which(tool) or pytest.fail(f"{tool} not installed")
+    return subprocess.run(
+        [executable, "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+
+
+def login(user: str) -> list[str]:
+    """mosquitto_pub/sub options to log in as ``user`` with .env.example's password."""
+    return ["-u", user, "-P", example_variables()[f"MQTT_{user.upper()}_PASSWORD"]]
+
+
 def test_mosquitto_conf_runs_and_passes_its_healthcheck(repo_broker: RepoBroker) -> None:
-    check = run_healthcheck("mosquitto", p=str(repo_broker.port), h="127.0.0.1")
+    check = run_healthcheck("mosquitto", p=str(repo_broker.health_port))
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().endswith("seconds")
     assert repo_broker.stop() == 0
@@ -455,16 +693,69 @@ def test_mosquitto_conf_runs_and_passes_its_healthcheck(repo_broker: RepoBroker)
     assert (repo_broker.data_dir / "mosquitto.db").exists(), "persistence was not saved"
 
 
+def test_broker_refuses_anonymous_and_wrong_passwords(repo_broker: RepoBroker) -> None:
+    topic = ["-t", "iot/gateway/status", "-C", "1", "-W", "3"]
+    anonymous = mqtt("mosquitto_sub", repo_broker.port, *topic)
+    assert anonymous.returncode != 0
+    assert "not authorised" in anonymous.stderr.lower(), anonymous.stderr
+    wrong = mqtt("mosquitto_sub", repo_broker.port, "-u", "gateway", "-P", "wrong", *topic)
+    assert wrong.returncode != 0
+    assert "not authorised" in wrong.stderr.lower(), wrong.stderr
+    # The healthcheck's anonymous access is for its own listener only.
+    sys_topic = ["-t", "$SYS/broker/uptime", "-C", "1", "-W", "3"]
+    assert mqtt("mosquitto_sub", repo_broker.port, *sys_topic).returncode != 0
+
+
+def test_broker_accepts_the_compose_users_within_the_acl(repo_broker: RepoBroker) -> None:
+    published = mqtt(
+        "mosquitto_pub",
+        repo_broker.port,
+        *login("gateway"),
+        *["-t", "iot/gateway/status", "-r", "-q", "1", "-m", "online"],
+    )
+    assert published.returncode == 0, published.stderr
+    for user in ("gateway", "client"):
+        read = mqtt(
+            "mosquitto_sub",
+            repo_broker.port,
+            *login(user),
+            *["-t", "iot/gateway/status", "-C", "1", "-W", "3"],
+        )
+        assert read.returncode == 0, read.stderr
+        assert read.stdout.strip() == "online", user
+    # The healthcheck listener is anonymous, but reads $SYS only.
+    anonymous = mqtt("mosquitto_sub", repo_broker.health_port, "-t", "iot/#", "-C", "1", "-W", "2")
+    assert anonymous.stdout == ""
+    assert anonymous.returncode != 0
+    # And may not write: a faked status is dropped.
+    faked = mqtt(
+        "mosquitto_pub",
+        repo_broker.health_port,
+        *["-t", "iot/gateway/status", "-r", "-q", "1", "-m", "offline"],
+    )
+    assert faked.returncode == 0, faked.stderr  # the broker drops it silently
+    read = mqtt(
+        "mosquitto_sub",
+        repo_broker.port,
+        *login("client"),
+        *["-t", "iot/gateway/status", "-C", "1", "-W", "3"],
+    )
+    assert read.stdout.strip() == "online"
+
+
 def test_gateway_healthcheck_follows_the_gateway_status(
     repo_broker: RepoBroker, tmp_path: Path
 ) -> None:
     config = tmp_path / "config.yaml"
     shutil.copy(DEMO_CONFIG, config)
-    # As in the container: the image's GATEWAY_CONFIG and the compose environment,
-    # with the broker here instead of the `mosquitto` service.
+    # As in the container: the image's GATEWAY_CONFIG and the compose environment
+    # (username, and the password from a .env made from .env.example), with the
+    # broker here instead of the `mosquitto` service.
+    compose_env = compose_environment("gateway")
+    assert compose_env["GATEWAY_MQTT__PASSWORD"] == example_variables()["MQTT_GATEWAY_PASSWORD"]
     env = clean_env(
         **{
-            **environment(service("gateway")),
+            **compose_env,
             CONFIG_ENV_VAR: str(config),
             "GATEWAY_MQTT__HOST": "127.0.0.1",
             "GATEWAY_MQTT__PORT": str(repo_broker.port),
@@ -479,3 +770,4 @@ def test_gateway_healthcheck_follows_the_gateway_status(
         assert gateway.popen.wait(seconds(service("gateway")["stop_grace_period"])) == 0
     check = run_healthcheck("gateway", env)
     assert check.returncode == 1, check.stderr  # `offline` is retained now
+    assert "gateway" in repo_broker.log_file.read_text()  # it logged in as gateway
