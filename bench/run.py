@@ -107,11 +107,12 @@ def throughput(port: int, pid: int, runs: int, count: int, devices: int) -> dict
     }
 
 
-def measure_echo(broker: Broker, runs: int, count: int) -> dict[str, float]:
-    """The ceiling: the echo under the same load."""
-    echo = subprocess.Popen(
-        [sys.executable, "-m", "bench.echo", "--port", str(broker.port)], stdout=subprocess.PIPE
-    )
+def measure_echo(
+    broker: Broker, runs: int, count: int, argv: list[str] | None = None
+) -> dict[str, float]:
+    """The ceiling: an echo (aiomqtt's by default) under the same load."""
+    argv = argv or [sys.executable, "-m", "bench.echo"]
+    echo = subprocess.Popen([*argv, "--port", str(broker.port)], stdout=subprocess.PIPE)
     try:
         assert echo.stdout is not None
         echo.stdout.readline()  # "ready"
@@ -177,6 +178,10 @@ def report(results: dict[str, Any]) -> None:
         ("ceiling CPU s per 1,000 commands", f"{echo['cpu_per_1000']:.3f}"),
         ("generator CPU share while driving the echo", f"{echo['generator_cpu_share']:.0%}"),
     ]
+    if "echo_mqtt5" in results:
+        echo5 = results["echo_mqtt5"]
+        rows.append(("mqtt5 (aiomqtt 3 core) echo, commands/s", fmt_rate(echo5)))
+        rows.append(("mqtt5 echo CPU s per 1,000 commands", f"{echo5['cpu_per_1000']:.3f}"))
     lat = results["latency"]
     rows.append(
         (
@@ -215,6 +220,11 @@ def main() -> None:
     """Run every measurement."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one run each, smaller counts")
+    parser.add_argument(
+        "--mqtt5-python",
+        metavar="PYTHON",
+        help="a venv's python with the mqtt5 package: also measure the echo on it",
+    )
     args = parser.parse_args()
     runs, count = (1, 5000) if args.quick else (3, 20000)
     scales = (10, 1000) if args.quick else (10, 1000, 10000)
@@ -225,6 +235,9 @@ def main() -> None:
         try:
             results: dict[str, Any] = {"rate": 1000.0, "fanout_devices": 1000}
             results["echo"] = measure_echo(broker, runs, count)
+            if args.mqtt5_python:
+                echo5 = [args.mqtt5_python, str(Path(__file__).with_name("echo_mqtt5.py"))]
+                results["echo_mqtt5"] = measure_echo(broker, runs, count, echo5)
             results["gateways"] = {
                 n: measure_gateway(broker, workdir, n, runs, count) for n in scales
             }
