@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import socket
 
 import aiomqtt
+
+from bench.answers import answer
 
 
 async def echo(port: int) -> None:
@@ -34,34 +35,10 @@ async def echo(port: int) -> None:
         async with asyncio.TaskGroup() as tasks:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
-                device = message.topic.value.split("/")[1]
-                command = json.loads(message.payload)
-                states[device] = not states.get(device, False)
-                state = {"power": "on" if states[device] else "off"}
-                result = {
-                    "id": command["id"],
-                    "device": device,
-                    "action": command["action"],
-                    "status": "ok",
-                    "error": None,
-                    "state": state,
-                    "duplicate": False,
-                    "duration_ms": 0.0,
-                }
-                tasks.create_task(
-                    client.publish(
-                        f"iot/{device}/state",
-                        json.dumps(state),
-                        qos=1,
-                        retain=True,
-                        timeout=math.inf,
+                for topic, payload, retain in answer(message.topic.value, message.payload, states):
+                    tasks.create_task(
+                        client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
                     )
-                )
-                tasks.create_task(
-                    client.publish(
-                        f"iot/{device}/result", json.dumps(result), qos=1, timeout=math.inf
-                    )
-                )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ at QoS 1) with mqtt5's codec over asyncio streams. It runs in a separate venv,
 as the gateway's does not have mqtt5::
 
     python3 -m venv /tmp/venv-mqtt5 && /tmp/venv-mqtt5/bin/pip install mqtt5
-    /tmp/venv-mqtt5/bin/python bench/echo_mqtt5.py --port N
+    /tmp/venv-mqtt5/bin/python -m bench.echo_mqtt5 --port N   # from the repo root
 
 ``python -m bench.run --mqtt5-python /tmp/venv-mqtt5/bin/python`` measures it.
 """
@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import socket
-from typing import TYPE_CHECKING
 
 import mqtt5  # type: ignore[import-not-found, unused-ignore]
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from bench.answers import answer
 
 
 async def echo(port: int) -> None:
@@ -50,39 +47,13 @@ async def echo(port: int) -> None:
                 print("ready", flush=True)  # noqa: T201
             if isinstance(packet, mqtt5.PublishPacket):
                 writer.write(mqtt5.PubAckPacket(packet.packet_id).write())
-                answer(writer, packet, states, ids)
+                for topic, payload, retain in answer(packet.topic, packet.payload, states):
+                    qos = mqtt5.QoS.AT_LEAST_ONCE
+                    publish = mqtt5.PublishPacket(
+                        topic, payload, qos=qos, retain=retain, packet_id=next(ids)
+                    )
+                    writer.write(publish.write())
         await writer.drain()
-
-
-def answer(
-    writer: asyncio.StreamWriter,
-    packet: mqtt5.PublishPacket,
-    states: dict[str, bool],
-    ids: Iterator[int],
-) -> None:
-    """Publish the command's state and result, as the gateway does."""
-    device = packet.topic.split("/")[1]
-    command = json.loads(packet.payload)
-    states[device] = not states.get(device, False)
-    state = {"power": "on" if states[device] else "off"}
-    result = {
-        "id": command["id"],
-        "device": device,
-        "action": command["action"],
-        "status": "ok",
-        "error": None,
-        "state": state,
-        "duplicate": False,
-        "duration_ms": 0.0,
-    }
-    qos = mqtt5.QoS.AT_LEAST_ONCE
-    for topic, body, retain in (
-        (f"iot/{device}/state", state, True),
-        (f"iot/{device}/result", result, False),
-    ):
-        payload = json.dumps(body).encode()
-        publish = mqtt5.PublishPacket(topic, payload, qos=qos, retain=retain, packet_id=next(ids))
-        writer.write(publish.write())
 
 
 if __name__ == "__main__":

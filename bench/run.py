@@ -236,7 +236,7 @@ def main() -> None:
             results: dict[str, Any] = {"rate": 1000.0, "fanout_devices": 1000}
             results["echo"] = measure_echo(broker, runs, count)
             if args.mqtt5_python:
-                echo5 = [args.mqtt5_python, str(Path(__file__).with_name("echo_mqtt5.py"))]
+                echo5 = [args.mqtt5_python, "-m", "bench.echo_mqtt5"]
                 results["echo_mqtt5"] = measure_echo(broker, runs, count, echo5)
             results["gateways"] = {
                 n: measure_gateway(broker, workdir, n, runs, count) for n in scales

@@ -62,8 +62,12 @@ class DeviceRunner:
         topics: Topics,
         publish: Callable[[Outbound], None],
         dependencies: list[DeviceRunner],
+        on_status: Callable[[], None] = lambda: None,
     ) -> None:
-        """Wire the runner; nothing starts until ``run``."""
+        """Wire the runner; nothing starts until ``run``.
+
+        ``on_status`` is called whenever the device's status changes.
+        """
         self.id = config.id
         self.config = config
         self.adapter_type = adapter_type
@@ -75,6 +79,7 @@ class DeviceRunner:
         self._settings = settings
         self._topics = topics
         self._publish = publish
+        self._on_status = on_status
         self._timeout = config.timeout or settings.command_timeout
         self._changed = asyncio.Event()
         self._connection_lost = asyncio.Event()
@@ -115,6 +120,7 @@ class DeviceRunner:
         if status is not self.status:
             log.info("device %s is %s", self.id, status.value)
         self.status = status
+        self._on_status()
         self._notify()
 
     def _notify(self) -> None:

@@ -32,8 +32,12 @@ class Fleet:
         registry: AdapterRegistry,
         topics: Topics,
         publish: Callable[[Outbound], None],
+        on_status: Callable[[], None] = lambda: None,
     ) -> None:
-        """Build a runner per device, dependencies before dependents."""
+        """Build a runner per device, dependencies before dependents.
+
+        ``on_status`` is called whenever a device's status changes.
+        """
         self.runners: dict[str, DeviceRunner] = {}
         settings = config.settings.gateway
         for device in _dependency_order(config):
@@ -45,6 +49,7 @@ class Fleet:
                 topics=topics,
                 publish=publish,
                 dependencies=deps,
+                on_status=on_status,
             )
             for dep in deps:
                 dep.dependents.append(runner)

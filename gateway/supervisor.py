@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 FLUSH_TIMEOUT = 5.0
 # How long the HTTP server and the systemd notifier get to close at the very end.
 BACKGROUND_STOP_TIMEOUT = 5.0
-# Readiness is rechecked on every connection change and device message, and at
-# least this often (seconds): a device that gives up publishes nothing new.
-READY_RECHECK = 0.5
 
 
 class Gateway:
@@ -47,7 +44,10 @@ class Gateway:
         settings = config.settings
         self.topics = Topics(settings.mqtt.base_topic)
         self.outbox = Outbox()
-        self.fleet = Fleet(config, registry, self.topics, self._device_publish)
+        self._changed = asyncio.Event()  # connection or a device changed: recheck readiness
+        self.fleet = Fleet(
+            config, registry, self.topics, self.outbox.put, on_status=self._changed.set
+        )
         self.scenes = SceneRunner(settings.scenes, self.fleet, registry)
         self.discovery = (
             Discovery(
@@ -79,7 +79,6 @@ class Gateway:
         self.connected = False
         self.should_exit = asyncio.Event()
         self.stopped = asyncio.Event()
-        self._changed = asyncio.Event()  # connection or a device changed: recheck readiness
         self._signals = 0
         self._was_connected = False
 
@@ -141,11 +140,6 @@ class Gateway:
             self.systemd.status(f"lost the broker at {self._broker}; reconnecting")
         else:
             self.systemd.status(f"connecting to the broker at {self._broker} (not reachable yet)")
-
-    def _device_publish(self, message: Outbound) -> None:
-        """A device's availability or state goes out: readiness may have changed."""
-        self.outbox.put(message)
-        self._changed.set()
 
     @property
     def _broker(self) -> str:
@@ -210,9 +204,7 @@ class Gateway:
             if self.ready:
                 self.systemd.ready(f"ready: broker {self._broker}; {self._online()}")
                 return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(READY_RECHECK):
-                    await self._changed.wait()
+            await self._changed.wait()
 
     async def _stop_background(self, background: list[asyncio.Task[None]]) -> None:
         """Last of all, so /healthz answers and the watchdog pings through the drain."""
