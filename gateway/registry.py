@@ -51,3 +51,7 @@ class AdapterRegistry:
             raise UnknownAdapterError(
                 f"unknown device type {type_name!r} (known: {known})"
             ) from None
+
+    def names(self) -> list[str]:
+        """Every registered type name, sorted."""
+        return sorted(self._adapters)
