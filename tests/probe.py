@@ -173,11 +173,16 @@ class Probe:
                     return
 
     async def wait_for(
-        self, match: Callable[[Received], bool], *, count: int = 1, timeout: float = 10
+        self,
+        match: Callable[[Received], bool],
+        *,
+        count: int = 1,
+        timeout: float = 10,
+        since: int = 0,
     ) -> list[Received]:
-        """Wait until ``count`` recorded messages match; return them."""
+        """Wait until ``count`` messages recorded from index ``since`` on match."""
         found: list[Received] = []
-        seen = 0  # each message is matched once, so long waits stay linear
+        seen = since  # each message is matched once, so long waits stay linear
         async with asyncio.timeout(timeout):
             while True:
                 found += [m for m in self.messages[seen:] if match(m)]
@@ -194,12 +199,20 @@ class Probe:
         return await self.wait_for(lambda m: m.topic == topic, count=count, timeout=timeout)
 
     async def result(
-        self, device: str, command_id: str, *, base: str = "iot", timeout: float = 10
+        self,
+        device: str,
+        command_id: str,
+        *,
+        base: str = "iot",
+        timeout: float = 10,
+        since: int = 0,
     ) -> Any:
         """Wait for the result of the command ``command_id`` and return it parsed."""
         topic = f"{base}/{device}/result"
         found = await self.wait_for(
-            lambda m: m.topic == topic and m.json.get("id") == command_id, timeout=timeout
+            lambda m: m.topic == topic and m.json.get("id") == command_id,
+            timeout=timeout,
+            since=since,
         )
         return found[0].json
 
@@ -212,5 +225,8 @@ class Probe:
     ) -> Any:
         """Send a command (an id is added) and return its result."""
         command_id = payload.setdefault("id", uuid.uuid4().hex)
+        # Its result can only come after this point, so a long-lived probe does
+        # not rescan (and reparse) everything it recorded before.
+        since = len(self.messages)
         await self.publish(f"{base}/{device}/command", payload)
-        return await self.result(device, command_id, base=base, timeout=timeout)
+        return await self.result(device, command_id, base=base, timeout=timeout, since=since)

@@ -102,7 +102,7 @@ async def test_flood_is_refused_busy_with_bounded_memory_and_no_harm_to_others(
         )
         async with Probe(broker.port, ["iot/fast/result", "iot/gateway/status"]) as watcher:
             await watcher.wait_for(lambda m: m.payload == b"online")
-            unloaded = statistics.median(await round_trips(watcher, 30))
+            unloaded = statistics.median(await round_trips(watcher, 200))
             rss_before = rss_mb(process.popen.pid)
             async with asyncio.TaskGroup() as tasks:
                 flooding = tasks.create_task(flood(broker.port, FLOOD, RATE))
@@ -123,8 +123,5 @@ async def test_flood_is_refused_busy_with_bounded_memory_and_no_harm_to_others(
     assert len({r["id"] for r in results}) == FLOOD  # every command answered
     assert busy > FLOOD * 0.9
     assert rss_after < RSS_LIMIT_MB
-    # The target is 2x the unloaded latency; measured here it is 4-15x (a command
-    # waits behind the flood messages that arrived just before it, each costing
-    # the gateway ~0.5 ms). The bound still fails if the slow device (0.1 s per
-    # command) held anyone else up.
-    assert statistics.median(loaded) <= 2 * unloaded + 20
+    # The target: another device's latency within 2x of its unloaded latency.
+    assert statistics.median(loaded) <= 2 * unloaded
