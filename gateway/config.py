@@ -108,6 +108,7 @@ class GatewaySettings(_Section):
     queue_size: int = Field(default=100, ge=1)
     max_payload_bytes: int = Field(default=65536, ge=1)
     dedupe_window: float = Field(default=600, ge=0)
+    dedupe_max_ids: int = Field(default=100_000, ge=1)
     device_retry: Backoff = Backoff(min_delay=1, max_delay=60)
 
 

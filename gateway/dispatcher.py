@@ -46,7 +46,7 @@ class Dispatcher:
         self._publish = publish
         self._scenes = scenes
         self._observe = observe  # sees every result (metrics)
-        self._dedupe = DedupeWindow(settings.dedupe_window)
+        self._dedupe = DedupeWindow(settings.dedupe_window, settings.dedupe_max_ids)
         self.closing = False
 
     def on_message(self, message: Inbound) -> None:

@@ -877,6 +877,7 @@ VALID_CONFIG: dict[str, Any] = {
         "queue_size": 100,
         "max_payload_bytes": 65536,
         "dedupe_window": 600,
+        "dedupe_max_ids": 100000,
         "device_retry": {"min_delay": 1, "max_delay": 60},
     },
     "http": {"host": "127.0.0.1", "port": 9100},

@@ -477,6 +477,22 @@ async def test_repeated_id_is_answered_but_not_run_again(
         assert result_ids(probe, "hub") == ["once", "once", "twice"]
 
 
+async def test_dedupe_memory_is_bounded_by_forgetting_the_oldest_ids(
+    make_config: Callable[..., Config], probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with started(make_config(gateway={"dedupe_max_ids": 2}), probe):
+        for command_id in ("a", "b", "c"):  # "a" is pushed out by "c"
+            await probe.command("hub", {"action": "toggle", "id": command_id})
+        again_b = await probe.command("hub", {"action": "toggle", "id": "b"})
+        again_a = await probe.command("hub", {"action": "toggle", "id": "a"})
+    assert again_b["duplicate"] is True
+    assert again_a["duplicate"] is False, "a forgotten id runs again"
+    assert again_a["state"] == {"power": "off"}  # toggled by a, b, c and a again
+    logged = [r.getMessage() for r in caplog.records]
+    warnings = [line for line in logged if "gateway.dedupe_max_ids" in line]
+    assert len(warnings) == 1, warnings
+
+
 async def test_repeated_id_while_the_first_runs_waits_for_its_result(
     make_config: Callable[..., Config], probe: Probe
 ) -> None:
