@@ -566,7 +566,7 @@ async def test_password_never_appears_in_the_log_even_at_debug(
 
 
 async def test_reply_topics_are_private_and_denied_replies_are_dropped(
-    secure_broker: SecureBroker, tmp_path: Path
+    secure_broker: SecureBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = gateway_config(secure_broker, tmp_path)
     async with login(secure_broker, "client") as client:
@@ -598,6 +598,10 @@ async def test_reply_topics_are_private_and_denied_replies_are_dropped(
             await client.publish("iot/light/command", json.dumps({"action": "toggle", "id": "n"}))
             await client.wait_for(result_for("n"))
             assert gateway.session.reconnects == 0
+    # The broker's refusal (PUBACK reason "Not authorized") is logged, once.
+    refused = [r.getMessage() for r in caplog.records if "refused our message" in r.getMessage()]
+    assert len(refused) == 1, refused
+    assert "'elsewhere/x'" in refused[0]
 
 
 async def test_a_wildcard_response_topic_does_not_crash_the_gateway(
