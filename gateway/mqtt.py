@@ -182,7 +182,9 @@ class MqttSession:
             timeout=min(CALL_TIMEOUT, 1.5 * s.keepalive),
             properties=properties,
             tls_context=_tls_context(s),
-            max_inflight_messages=s.max_inflight,
+            # Unlimited in paho: its own limit rescans every unacknowledged message
+            # on each PUBACK. The _Publisher's window (max_inflight) bounds them.
+            max_inflight_messages=0,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             logger=logging.getLogger("gateway.mqtt.client"),
         )
