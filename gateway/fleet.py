@@ -152,7 +152,7 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 
 async def _until_idle(runners: list[DeviceRunner]) -> None:
     """Wait until no runner has an action running."""
-    await asyncio.gather(*(runner.idle.wait() for runner in runners))
+    await asyncio.gather(*(runner.until_idle() for runner in runners))
 
 
 def _dependency_order(config: Config) -> list[Any]:

@@ -109,7 +109,7 @@ class _LiveCollector:
             labels=["device"],
         )
         for runner in self._fleet:
-            depth.add_metric([runner.id], runner.queue.qsize())
+            depth.add_metric([runner.id], runner.queue_depth)
             online.add_metric([runner.id], int(runner.available))
         yield depth
         yield online
