@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.commands import InvalidCommandError, Result, new_id, parse_command
 from gateway.dedupe import DedupeWindow
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from gateway.commands import Command
     from gateway.config import GatewaySettings
+    from gateway.dedupe import Answered
     from gateway.fleet import Fleet
     from gateway.scenes import SceneRunner
     from gateway.topics import Topics
@@ -57,8 +58,8 @@ class Dispatcher:
             message.settle()
             return
 
-        def answer(result: Result) -> None:
-            self._answer(message, result)
+        def answer(result: Result, payload: bytes | None = None) -> None:
+            self._answer(message, result, payload)
 
         try:
             command = self._read(message)
@@ -90,10 +91,13 @@ class Dispatcher:
             )
         return parse_command(message.payload)
 
-    def _route(self, device: str, command: Command, answer: Callable[[Result], None]) -> None:
+    def _route(self, device: str, command: Command, answer: _Answer) -> None:
         """Validate against the target, then answer a repeat or start the command."""
         start = self._prepare(device, command)
         first_run = self._dedupe.get(device, command.id)
+        if isinstance(first_run, tuple):
+            answer(_repeat(device, command, first_run), first_run[0])
+            return
         if first_run is not None:
             _when_done(first_run, lambda result: answer(_as_duplicate(result)))
             return
@@ -120,11 +124,13 @@ class Dispatcher:
 
         return submit
 
-    def _answer(self, message: Inbound, result: Result) -> None:
+    def _answer(self, message: Inbound, result: Result, payload: bytes | None = None) -> None:
+        """Publish ``result`` (as ``payload``, when already encoded)."""
         self._observe(result)
         if result.error is not None:
             _log_error(result)
-        payload = result.to_json()
+        if payload is None:
+            payload = result.to_json()
         topic = self._topics.result(result.device)
         self._publish(Outbound(topic, payload, on_sent=message.settle))
         if message.response_topic:
@@ -162,6 +168,17 @@ def _log_error(result: Result) -> None:
         result.error.code.value,
         result.error.message,
     )
+
+
+class _Answer(Protocol):
+    def __call__(self, result: Result, payload: bytes | None = None) -> None: ...
+
+
+def _repeat(device: str, command: Command, first_run: Answered) -> Result:
+    """The result of a repeated id, for metrics and logs (its payload is stored)."""
+    _, code, message = first_run
+    error = None if code is None else CommandError(ErrorCode(code), message)
+    return Result(id=command.id, device=device, action=command.action, error=error, duplicate=True)
 
 
 def _as_duplicate(result: Result) -> Result:

@@ -477,6 +477,18 @@ async def test_repeated_id_is_answered_but_not_run_again(
         assert result_ids(probe, "hub") == ["once", "once", "twice"]
 
 
+async def test_repeated_id_of_a_failed_command_gets_the_same_error(
+    make_config: Callable[..., Config], probe: Probe
+) -> None:
+    devices = [{"id": "counter", "type": "simulated.counter", "fail_on": ["reset"]}]
+    async with started(make_config(devices=devices), probe):
+        first = await probe.command("counter", {"action": "reset", "id": "boom"})
+        second = await probe.command("counter", {"action": "reset", "id": "boom"})
+    assert first["error"]["code"] == "device_error"
+    assert (first["duplicate"], second["duplicate"]) == (False, True)
+    assert {**first, "duplicate": True} == second
+
+
 async def test_dedupe_memory_is_bounded_by_forgetting_the_oldest_ids(
     make_config: Callable[..., Config], probe: Probe, caplog: pytest.LogCaptureFixture
 ) -> None:
