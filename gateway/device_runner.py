@@ -118,6 +118,8 @@ class DeviceRunner:
 
     def _waiting(self) -> bool:
         """Still connecting (itself or a dependency), so queued commands wait."""
+        if self.status is Status.ONLINE and not self.dependencies:
+            return False  # the usual case, checked per command
         return not self._closing and not self.available and self.refusal() is None
 
     def _set_status(self, status: Status) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import socket
 import ssl
@@ -215,7 +214,7 @@ class MqttSession:
                     continue
             delivery = Delivery(key)
             acks.add(delivery, message.mid)
-            self._dispatch(dataclasses.replace(inbound, settle=delivery.settle))
+            self._dispatch(inbound.settled_by(delivery.settle))
 
     def _dispatch(self, message: Inbound) -> None:
         """Hand a message on; a bug in handling one must not end the session."""
