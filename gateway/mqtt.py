@@ -124,6 +124,7 @@ class MqttSession:
         publisher = _Publisher(client, self._settings.max_inflight, self._sent)
         try:
             async with client, asyncio.TaskGroup() as tasks:
+                _WritesInLoop(client)
                 self._outbox.drop_retained()  # the announcements carry the current ones
                 # Read from the start: reading is what notices a dead connection, even
                 # while the subscription and the announcements wait for their acks.
@@ -287,6 +288,40 @@ class _PahoHooks:
             self._duplicates.discard(mid)
             return True
         return False
+
+
+class _WritesInLoop:
+    """Paho's queued packets written once per event-loop pass, from the loop's thread.
+
+    For each burst paho has to send, aiomqtt asks the loop, thread-safely, to
+    watch the socket for writability: a self-pipe wake-up, two epoll changes and
+    an extra loop pass. Writing at the end of the current pass sends the same
+    bytes without them; only a full socket buffer falls back to aiomqtt's
+    watcher (which also meets and reports a broken connection). Installed once
+    connected, because paho sends the CONNECT from another thread.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        """Take over paho's "have something to write" callback."""
+        self._paho = client._client  # noqa: SLF001 - the paho client aiomqtt wraps
+        self._loop = asyncio.get_running_loop()
+        self._watch_socket = self._paho.on_socket_register_write  # aiomqtt's
+        self._paho.on_socket_register_write = self._register
+
+    def _register(self, _paho: Any, _userdata: Any, sock: Any) -> None:  # noqa: ANN401
+        self._loop.call_soon(self._write, sock)
+
+    def _write(self, sock: Any) -> None:  # noqa: ANN401
+        current = self._paho.socket()
+        if current is None or current is not sock:  # that connection is gone
+            return
+        try:
+            self._paho.loop_write()
+            full = self._paho.want_write()
+        except Exception:  # noqa: BLE001 - aiomqtt's watcher meets it again and reports it
+            full = True
+        if full and self._watch_socket is not None:
+            self._watch_socket(self._paho, None, current)
 
 
 class _Publisher:

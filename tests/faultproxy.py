@@ -81,9 +81,21 @@ class Connection:
 class FaultProxy:
     """Forwards 127.0.0.1:``port`` to ``upstream_host``:``upstream_port``, with faults."""
 
-    def __init__(self, upstream_port: int, *, upstream_host: str = "127.0.0.1") -> None:
-        """Listen once entered; ``port`` is known then."""
+    def __init__(
+        self,
+        upstream_port: int,
+        *,
+        upstream_host: str = "127.0.0.1",
+        client_receive_buffer: int | None = None,
+    ) -> None:
+        """Listen once entered; ``port`` is known then.
+
+        ``client_receive_buffer`` caps the kernel's buffer for bytes from each
+        client (``SO_RCVBUF``); with a ``delay(up=...)`` it makes the client's
+        own socket fill up, which loopback's large default buffers never do.
+        """
         self.upstream_host = upstream_host
+        self.client_receive_buffer = client_receive_buffer
         self.upstream_port = upstream_port
         self.host = "127.0.0.1"
         self.port = 0
@@ -213,6 +225,9 @@ class FaultProxy:
         if self._server is None or not self._server.is_serving():
             _close(writer, reset=True)  # a connection that raced the proxy's exit
             return
+        if self.client_receive_buffer is not None:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.client_receive_buffer)
         conn = Connection(number=len(self.connections) + 1, client=writer)
         conn.blackholed = self.blackholed
         self.connections.append(conn)

@@ -414,3 +414,36 @@ async def test_commands_in_hand_run_once_after_a_drop_loses_a_puback(
         # Commands to one device run in order: the last result comes after the rest.
         last = await probe.command("c", {"action": "increment"}, timeout=10)
         assert last["state"]["count"] == 6
+
+
+async def test_a_link_too_slow_for_the_output_fills_the_socket_and_loses_nothing(
+    make_config: Callable[..., Config], broker: Broker, probe: Probe
+) -> None:
+    """More to send than the socket buffers hold: writes wait for the socket, then go on."""
+    devices = [{"id": "speaker", "type": "simulated.speaker"}]
+    async with FaultProxy(broker.port, client_receive_buffer=65536) as proxy:
+        config = make_config(
+            mqtt={"port": proxy.port}, gateway={"queue_size": 100}, devices=devices
+        )
+        async with started(config, probe):
+            await probe.command("speaker", {"action": "turn_on"})
+            # The proxy passes on 64 KB every 0.02 s; the answers below are 6 MB
+            # (each result and state carries a 60 KB song), more than the
+            # kernel's socket buffers hold, so the gateway's writes must wait.
+            proxy.delay(up=0.02)
+            songs = {uuid.uuid4().hex: uuid.uuid4().hex * 1900 for _ in range(50)}
+            since = len(probe.messages)
+            for command_id, song in songs.items():
+                play = {"action": "play", "params": {"song": song}, "id": command_id}
+                await probe.publish("iot/speaker/command", play)
+            results = await probe.wait_for(
+                lambda m: m.topic == "iot/speaker/result",
+                count=len(songs),
+                timeout=30,
+                since=since,
+            )
+            assert {r.json["id"]: r.json["state"]["playing"] for r in results} == songs
+            states = await probe.wait_for(
+                lambda m: m.topic == "iot/speaker/state", count=len(songs), since=since
+            )
+            assert states[-1].json["playing"] == list(songs.values())[-1]
