@@ -76,9 +76,10 @@ class DeviceRunner:
         self.dependencies = dependencies
         self.dependents: list[DeviceRunner] = []
         self.status = Status.CONNECTING
-        # A deque and a future made only while the worker waits: an asyncio.Queue
-        # costs about 3 KB per device, a lot at 10,000 devices.
-        self._jobs: collections.deque[Job] = collections.deque()
+        # A deque made at the first command and a future made only while the
+        # worker waits: an asyncio.Queue costs about 3 KB per device and an
+        # empty deque 0.8 KB, a lot at 10,000 devices.
+        self._jobs: collections.deque[Job] | None = None
         self._job_ready: asyncio.Future[None] | None = None
         self._settings = settings
         self._topics = topics
@@ -86,7 +87,7 @@ class DeviceRunner:
         self._on_status = on_status
         self._timeout = config.timeout or settings.command_timeout
         self._changed: asyncio.Event | None = None  # made when someone waits: see _until
-        self._connection_lost = asyncio.Event()
+        self._lost: asyncio.Future[None] | None = None  # set when the connection drops
         self._running: asyncio.Timeout | None = None
         self._acting = False  # an action is running
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -177,7 +178,8 @@ class DeviceRunner:
     def connection_lost(self, reason: str) -> None:
         """From the adapter: its connection dropped."""
         log.warning("device %s lost its connection: %s", self.id, reason)
-        self._connection_lost.set()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
 
     # -- commands -----------------------------------------------------------------
 
@@ -190,6 +192,8 @@ class DeviceRunner:
             raise refusal
         if _expired(job.command):
             raise CommandError(ErrorCode.EXPIRED, "expires_at passed before the command started")
+        if self._jobs is None:
+            self._jobs = collections.deque()
         if len(self._jobs) >= self._settings.queue_size:
             raise CommandError(
                 ErrorCode.BUSY,
@@ -202,7 +206,7 @@ class DeviceRunner:
     @property
     def queue_depth(self) -> int:
         """Commands waiting (not the running one)."""
-        return len(self._jobs)
+        return 0 if self._jobs is None else len(self._jobs)
 
     async def _next_job(self) -> Job:
         while not self._jobs:
@@ -310,21 +314,26 @@ class DeviceRunner:
             self._set_status(Status.OFFLINE)
             return False
         self._opened = True
-        self._connection_lost.clear()
+        # A loss reported before now (while opening) was of the old connection.
+        self._lost = asyncio.get_running_loop().create_future()
         self._set_status(Status.ONLINE)
         self.state_changed(self.adapter.state, force=True)
         return True
 
     async def _serve_until_lost(self) -> None:
         if type(self.adapter).background is Adapter.background:
-            await self._connection_lost.wait()  # no background work: no task for it
+            await self._until_connection_lost()  # no background work: no task for it
         else:
             async with asyncio.TaskGroup() as tasks:
                 background = tasks.create_task(self._background())
-                await self._connection_lost.wait()
+                await self._until_connection_lost()
                 background.cancel()
         self._set_status(Status.OFFLINE)
         await self._close_adapter()
+
+    async def _until_connection_lost(self) -> None:
+        if self._lost is not None:  # made by every successful _open
+            await self._lost
 
     async def _background(self) -> None:
         try:
