@@ -165,6 +165,21 @@ def measure_slow_fanout(broker: Broker, workdir: Path, devices: int) -> dict[str
         gateway.wait()
 
 
+def measure_echo_fanout(broker: Broker, devices: int) -> dict[str, float]:
+    """The same fanout against the ceiling echo answering each command 0.1 s later."""
+    echo = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo", "--port", str(broker.port), "--latency", "0.1"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert echo.stdout is not None
+        echo.stdout.readline()  # "ready"
+        return loadgen(broker.port, count=devices, devices=devices, window=devices)
+    finally:
+        echo.kill()
+        echo.wait()
+
+
 def report(results: dict[str, Any]) -> None:
     """Print the Markdown table."""
     echo, gateways = results["echo"], results["gateways"]
@@ -207,6 +222,13 @@ def report(results: dict[str, Any]) -> None:
             f"{fan['seconds']:.3f} s (p99 {fan['p99_ms']:.0f} ms)",
         )
     )
+    fan = results["echo_fanout"]
+    rows.append(
+        (
+            "the same against the ceiling echo answering after 0.1 s",
+            f"{fan['seconds']:.3f} s (p99 {fan['p99_ms']:.0f} ms)",
+        )
+    )
     for name, value in rows:
         print(f"| {name} | {value} |")  # noqa: T201
 
@@ -243,6 +265,7 @@ def main() -> None:
             }
             results["latency"] = measure_latency(broker, workdir, results["rate"], count // 2)
             results["fanout"] = measure_slow_fanout(broker, workdir, results["fanout_devices"])
+            results["echo_fanout"] = measure_echo_fanout(broker, results["fanout_devices"])
         finally:
             broker.kill()
     print(json.dumps(results, indent=1, default=str), file=sys.stderr)  # noqa: T201

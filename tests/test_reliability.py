@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from gateway.supervisor import Gateway
 from tests.conftest import config_data, gateway_process, started
 from tests.probe import Probe
 
@@ -16,7 +17,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    import pytest
+
     from gateway import Config
+    from gateway.messages import Inbound
     from tests.broker import Broker
 
 COUNTER = {"id": "c", "type": "simulated.counter"}
@@ -147,3 +151,33 @@ async def test_device_losing_its_connection_goes_offline_and_comes_back(
             count=onlines + 1,
         )
         assert (await probe.command("tv", {"action": "toggle"}))["status"] == "ok"
+
+
+async def test_a_bug_handling_one_message_is_logged_and_acknowledged_and_the_rest_go_on(
+    make_config: Callable[..., Config],
+    probe: Probe,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The message is dropped with a log line, never redelivered forever; the session lives."""
+    handled: list[bytes] = []
+    handle = Gateway.on_message
+
+    def buggy(self: Gateway, message: Inbound) -> None:
+        handled.append(message.payload)
+        if message.payload == b"boom":
+            raise RuntimeError("a bug")
+        handle(self, message)
+
+    monkeypatch.setattr(Gateway, "on_message", buggy)
+    config = make_config(devices=[{"id": "light", "type": "simulated.light"}])
+    async with started(config, probe):
+        await probe.publish("iot/light/command", b"boom")
+        assert (await probe.command("light", {"action": "turn_on"}))["status"] == "ok"
+    assert "failed to handle a message on 'iot/light/command'" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text
+    # Acknowledged: the same persistent session does not deliver it again.
+    handled.clear()
+    async with started(config, probe):
+        assert (await probe.command("light", {"action": "turn_off"}))["status"] == "ok"
+    assert b"boom" not in handled
