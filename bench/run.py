@@ -193,6 +193,16 @@ def report(results: dict[str, Any]) -> None:
         ("ceiling CPU s per 1,000 commands", f"{echo['cpu_per_1000']:.3f}"),
         ("generator CPU share while driving the echo", f"{echo['generator_cpu_share']:.0%}"),
     ]
+    direct = results["echo_direct"]
+    rows += [
+        ("echo beneath aiomqtt's API (paho direct), commands/s", fmt_rate(direct)),
+        ("gateway / paho-direct echo", f"{base['median'] / direct['median']:.2f}x"),
+        ("paho-direct echo CPU s per 1,000 commands", f"{direct['cpu_per_1000']:.3f}"),
+        (
+            "generator CPU share while driving the paho-direct echo",
+            f"{direct['generator_cpu_share']:.0%}",
+        ),
+    ]
     if "echo_mqtt5" in results:
         echo5 = results["echo_mqtt5"]
         rows.append(("mqtt5 (aiomqtt 3 core) echo, commands/s", fmt_rate(echo5)))
@@ -257,6 +267,8 @@ def main() -> None:
         try:
             results: dict[str, Any] = {"rate": 1000.0, "fanout_devices": 1000}
             results["echo"] = measure_echo(broker, runs, count)
+            echo_direct = [sys.executable, "-m", "bench.echo", "--direct"]
+            results["echo_direct"] = measure_echo(broker, runs, count, echo_direct)
             if args.mqtt5_python:
                 echo5 = [args.mqtt5_python, "-m", "bench.echo_mqtt5"]
                 results["echo_mqtt5"] = measure_echo(broker, runs, count, echo5)
