@@ -36,7 +36,7 @@ class DedupeWindow:
     """Results (or results to come) of recent commands, by device and id.
 
     Each id is remembered for ``window`` seconds, but never more than
-    ``max_ids`` at once (about 0.5 KB each): a sustained stream faster than
+    ``max_ids`` at once (about 0.6 KB each): a sustained stream faster than
     ``max_ids / window`` commands per second forgets its oldest ids early
     rather than growing without bound.
     """
