@@ -137,9 +137,14 @@ class MqttSession:
                 self._outbox.requeue(self._handler.announcements())
                 self._connected(first=first)
                 await self._drain_outbox(publisher)
+                hooks.stop_delivering()  # shutting down: what comes now stays unacknowledged
                 watcher.cancel()
             self._handler.on_connection(connected=False)
         finally:
+            # aiomqtt may leave the socket of a failed connect open and reading (a
+            # CONNACK after the timeout): its messages must not run, since the broker
+            # redelivers them, unacknowledged, to the next connection.
+            hooks.stop_delivering()
             self._redeliveries.expect(*acks.close())
 
     def _connected(self, *, first: bool) -> None:
@@ -281,6 +286,10 @@ class _PahoHooks:
     def _on_message(self, _paho: Any, _userdata: Any, message: MQTTMessage) -> None:  # noqa: ANN401
         self.deliver(message)
 
+    def stop_delivering(self) -> None:
+        """Drop every later message unacknowledged (the broker keeps it for the next)."""
+        self.deliver = lambda _: None
+
     def ack(self, mid: int) -> None:
         """Send the PUBACK for packet ``mid``."""
         self._paho.ack(mid, 1)
@@ -316,7 +325,8 @@ class _WritesInLoop:
             full = self._paho.want_write()
         except Exception:  # noqa: BLE001 - aiomqtt's watcher meets it again and reports it
             full = True
-        if full and self._watch_socket is not None:
+        # A failed send closes the socket (paho reports the disconnect): nothing to watch.
+        if full and self._watch_socket is not None and self._paho.socket() is current:
             self._watch_socket(self._paho, None, current)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import pytest
 
+from gateway.mqtt import CALL_TIMEOUT
 from tests.conftest import started
 from tests.faultproxy import FaultProxy
 
@@ -447,3 +448,43 @@ async def test_a_link_too_slow_for_the_output_fills_the_socket_and_loses_nothing
                 lambda m: m.topic == "iot/speaker/state", count=len(songs), since=since
             )
             assert states[-1].json["playing"] == list(songs.values())[-1]
+
+
+async def test_commands_reaching_a_connect_given_up_on_run_once(
+    make_config: Callable[..., Config], broker: Broker, probe: Probe
+) -> None:
+    """A CONNACK later than the gateway waits: what follows it is left to the next connection.
+
+    The client library gives up on the attempt (after CALL_TIMEOUT, below the
+    keepalive) but leaves its socket reading until the keepalive; commands the
+    broker sends there must not run, since the broker delivers them again,
+    unacknowledged, to the next connection.
+    """
+    async with FaultProxy(broker.port) as proxy:
+        config = make_config(
+            # Paho itself closes a silent socket after a keepalive: make it longer.
+            mqtt={"port": proxy.port, "keepalive": 2 * CALL_TIMEOUT},
+            devices=[{"id": "c", "type": "simulated.counter"}],
+        )
+        async with started(config, probe):
+            warm = await warm_up(probe)
+            proxy.delay(down=CALL_TIMEOUT + 0.5)  # longer than the gateway waits for a CONNACK
+            sent = ids(3)
+            await increment(probe, sent)
+            [first] = proxy.active
+            await proxy.wait_until(lambda: first.held_down > 0)  # the commands, held
+            proxy.drop()
+            # The next attempt: its CONNACK and the commands again (DUP) are held too.
+            await proxy.wait_until(
+                lambda: proxy.accepted == 2 and proxy.connections[1].held_down > 0
+            )
+            given_up = proxy.connections[1]
+            proxy.delay(down=0)  # the attempt after it goes through at once
+            # The broker closes the given-up connection when the next one takes the
+            # session over, after the held CONNACK and commands reached the gateway.
+            await proxy.wait_until(lambda: given_up.closed, timeout=CALL_TIMEOUT + 5)
+            assert given_up.bytes_down > 0  # they reached the given-up attempt
+            # Answers go out in order: a command after them is answered after every
+            # answer to them, a duplicate one included.
+            last = await probe.command("c", {"action": "increment"})
+            await assert_each_ran_once(probe, [*warm, *sent, last["id"]])
