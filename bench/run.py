@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -22,12 +23,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import yaml
 
 from tests.broker import Broker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -107,20 +111,27 @@ def throughput(port: int, pid: int, runs: int, count: int, devices: int) -> dict
     }
 
 
-def measure_echo(
-    broker: Broker, runs: int, count: int, argv: list[str] | None = None
-) -> dict[str, float]:
-    """The ceiling: an echo (aiomqtt's by default) under the same load."""
-    argv = argv or [sys.executable, "-m", "bench.echo"]
+ECHO = [sys.executable, "-m", "bench.echo"]
+
+
+@contextlib.contextmanager
+def echo_process(broker: Broker, argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """An echo (``argv`` without its ``--port``) answering on ``broker``; killed on exit."""
     echo = subprocess.Popen([*argv, "--port", str(broker.port)], stdout=subprocess.PIPE)
     try:
         assert echo.stdout is not None
         echo.stdout.readline()  # "ready"
-        loadgen(broker.port, count=1000, devices=10)  # warm up
-        return throughput(broker.port, echo.pid, runs, count, 10)
+        yield echo
     finally:
         echo.kill()
         echo.wait()
+
+
+def measure_echo(broker: Broker, runs: int, count: int, argv: list[str]) -> dict[str, float]:
+    """A ceiling: an echo under the same load."""
+    with echo_process(broker, argv) as echo:
+        loadgen(broker.port, count=1000, devices=10)  # warm up
+        return throughput(broker.port, echo.pid, runs, count, 10)
 
 
 def measure_gateway(
@@ -169,17 +180,8 @@ def measure_slow_fanout(broker: Broker, workdir: Path, devices: int) -> dict[str
 
 def measure_echo_fanout(broker: Broker, devices: int) -> dict[str, float]:
     """The same fanout against the ceiling echo answering each command 0.1 s later."""
-    echo = subprocess.Popen(
-        [sys.executable, "-m", "bench.echo", "--port", str(broker.port), "--latency", "0.1"],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert echo.stdout is not None
-        echo.stdout.readline()  # "ready"
+    with echo_process(broker, [*ECHO, "--latency", "0.1"]):
         return loadgen(broker.port, count=devices, devices=devices, window=devices)
-    finally:
-        echo.kill()
-        echo.wait()
 
 
 def report(results: dict[str, Any]) -> None:
@@ -275,9 +277,8 @@ def main() -> None:
                 "fanout_devices": 1000,
                 "commands": runs * count + 1000,  # per gateway, the warm-up included
             }
-            results["echo"] = measure_echo(broker, runs, count)
-            echo_direct = [sys.executable, "-m", "bench.echo", "--direct"]
-            results["echo_direct"] = measure_echo(broker, runs, count, echo_direct)
+            results["echo"] = measure_echo(broker, runs, count, ECHO)
+            results["echo_direct"] = measure_echo(broker, runs, count, [*ECHO, "--direct"])
             if args.mqtt5_python:
                 echo5 = [args.mqtt5_python, "-m", "bench.echo_mqtt5"]
                 results["echo_mqtt5"] = measure_echo(broker, runs, count, echo5)

@@ -95,8 +95,8 @@ class FaultProxy:
         own socket fill up, which loopback's large default buffers never do.
         """
         self.upstream_host = upstream_host
-        self.client_receive_buffer = client_receive_buffer
         self.upstream_port = upstream_port
+        self.client_receive_buffer = client_receive_buffer
         self.host = "127.0.0.1"
         self.port = 0
         self.connections: list[Connection] = []
