@@ -28,6 +28,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no result came in time, or no broker
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd units skip restarts on it
+GC_PAUSE_LIMIT = 60.0  # seconds start-up may run without garbage collection
 
 log = logging.getLogger("gateway")
 
@@ -130,10 +131,19 @@ async def _serve(config: Config) -> None:
 
 
 async def _collect_after_start(gateway: Gateway) -> None:
-    """Turn garbage collection back on (see ``main``) once every device has started."""
-    await gateway.fleet.all_started.wait()
-    gc.freeze()  # what start-up built lives as long as the process: never scan it again
-    gc.enable()
+    """Turn garbage collection back on (see ``main``) once every device has started.
+
+    Whatever happens: after ``GC_PAUSE_LIMIT`` seconds at the latest, or when
+    the run ends early, collection comes back on.
+    """
+    try:
+        async with asyncio.timeout(GC_PAUSE_LIMIT):
+            await gateway.fleet.all_started.wait()
+    except TimeoutError:
+        log.debug("devices still starting after %g s; collecting garbage again", GC_PAUSE_LIMIT)
+    finally:
+        gc.freeze()  # what start-up built lives as long as the process: never scan it again
+        gc.enable()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -91,17 +91,37 @@ class Fleet:
 
     @property
     def started(self) -> bool:
-        """Every device has had its first connect (online or given up)."""
+        """Every device has had its first connect (online or given up).
+
+        A device waiting on a dependency that gave up counts as started: it
+        cannot connect before that dependency does, and readiness must not wait
+        for a device that may never come.
+        """
         return self.all_started.is_set()
+
+    def still_connecting(self) -> list[str]:
+        """The devices that have not yet started, in dependency order."""
+        return [device_id for device_id in self.runners if device_id in self._connecting]
 
     def _status_changed(self, device_id: str, on_status: Callable[[], None]) -> None:
         # Counted here, so asking whether all have started costs nothing at 10,000.
-        connecting = self.runners[device_id].status is Status.CONNECTING
-        if not connecting and device_id in self._connecting:
+        runner = self.runners[device_id]
+        if runner.status is not Status.CONNECTING and self._connecting:
             self._connecting.discard(device_id)
+            if runner.status is Status.OFFLINE:
+                self._settle_dependents(runner)
             if not self._connecting:
                 self.all_started.set()
         on_status()
+
+    def _settle_dependents(self, gave_up: DeviceRunner) -> None:
+        """Count every device waiting (directly or not) on ``gave_up`` as started."""
+        pending = list(gave_up.dependents)
+        while pending:  # iterative: a dependency chain may be long
+            runner = pending.pop()
+            if runner.id in self._connecting:
+                self._connecting.discard(runner.id)
+                pending.extend(runner.dependents)
 
     async def run(self) -> None:
         """Run every device until cancelled; each connects once its dependencies are up."""
@@ -159,14 +179,16 @@ def _dependency_order(config: Config) -> list[Any]:
     """Devices sorted so each comes after everything it depends on."""
     by_id = {d.id: d for d in config.devices}
     ordered: dict[str, Any] = {}
-
-    def visit(device_id: str) -> None:
-        if device_id in ordered:
-            return
-        for dep in by_id[device_id].depends_on:
-            visit(dep)
-        ordered[device_id] = by_id[device_id]
-
-    for device_id in by_id:
-        visit(device_id)
+    for root, device in by_id.items():
+        # Depth first without recursion: a chain of devices may be deeper than
+        # Python's stack. The config has no cycles (checked when it was loaded).
+        stack = [(root, iter(device.depends_on))]
+        while stack:
+            device_id, deps = stack[-1]
+            dep = next((d for d in deps if d not in ordered), None)
+            if dep is None:
+                stack.pop()
+                ordered.setdefault(device_id, by_id[device_id])
+            else:
+                stack.append((dep, iter(by_id[dep].depends_on)))
     return list(ordered.values())

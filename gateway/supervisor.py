@@ -8,7 +8,6 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from gateway.device_runner import Status
 from gateway.dispatcher import Dispatcher
 from gateway.fleet import Fleet
 from gateway.homeassistant import Discovery
@@ -94,8 +93,7 @@ class Gateway:
         if not self.connected:
             return "not connected to the broker"
         if not self.fleet.started:
-            connecting = [r.id for r in self.fleet if r.status is Status.CONNECTING]
-            return f"devices still connecting: {', '.join(connecting)}"
+            return f"devices still connecting: {', '.join(self.fleet.still_connecting())}"
         return None
 
     @property
