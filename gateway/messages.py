@@ -82,6 +82,11 @@ class Outbox:
         """Forget queued retained messages; the caller republishes the current ones."""
         self._queue = collections.deque(m for m in self._queue if not m.retain)
 
+    @property
+    def closed(self) -> bool:
+        """``close`` was called: the gateway is stopping."""
+        return self._closed
+
     def close(self) -> None:
         """No more messages will come: ``get`` returns None once empty."""
         self._closed = True

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 10.0  # seconds at most to wait for a CONNACK or SUBACK
 RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.1.2.11.3: the most unacknowledged QoS 1 messages
+# Beyond the payload limit, room for the longest topic and Response Topic (64 KiB
+# each) and other properties, so every command just over the limit still reaches
+# the dispatcher and gets its `payload_too_large` answer.
+PACKET_HEADROOM = 256 * 1024
 
 
 class SessionHandler(Protocol):
@@ -57,20 +61,27 @@ class SessionHandler(Protocol):
 class MqttSession:
     """Keeps one logical, persistent MQTT session alive across connections."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the session's collaborators and two options
         self,
         settings: MqttSettings,
         topics: Topics,
         outbox: Outbox,
         handler: SessionHandler,
+        *,
         watch: Sequence[str] = (),
+        max_payload_bytes: int | None = None,
     ) -> None:
         """Nothing connects until ``run``.
 
         ``watch`` are further topic filters to read, retained messages included
-        (Home Assistant's status and discovery configs).
+        (Home Assistant's status and discovery configs). With
+        ``max_payload_bytes``, an MQTT 5 broker is asked not to send packets
+        much larger: it drops them instead of the gateway holding them in memory.
         """
         self._watch = tuple(watch)
+        self._max_packet_size = (
+            None if max_payload_bytes is None else max_payload_bytes + PACKET_HEADROOM
+        )
         self._settings = settings
         self._topics = topics
         self._outbox = outbox
@@ -81,34 +92,55 @@ class MqttSession:
         self._in_flight: dict[Outbound, None] = {}
         self._redeliveries = Redeliveries()
         self._reconnects = 0
+        self._ever_connected = False
+        self._hinted = False  # the "is the broker running?" hint is logged once
 
     @property
     def reconnects(self) -> int:
-        """How many times a connection was lost and re-established."""
+        """How many times a connection was lost and re-established.
+
+        A first connect after failed attempts at start-up is not a reconnect.
+        """
         return self._reconnects
 
     async def run(self) -> None:
         """Connect, serve, reconnect; returns once the outbox is closed and drained."""
-        first = True
-        while (reason := await self._connection(first=first)) is not None:
-            first = False
+        while (reason := await self._connection()) is not None:
             self._handler.on_connection(connected=False)
             self._outbox.requeue(self._in_flight)
             self._in_flight.clear()
+            where = f"{self._settings.host}:{self._settings.port}"
+            if self._outbox.closed:  # stopping: nobody to deliver the rest to
+                log.warning(
+                    "MQTT: %s; not reconnecting to %s: the gateway is stopping, "
+                    "%d messages not delivered",
+                    reason,
+                    where,
+                    len(self._outbox),
+                )
+                return
             delay = self._backoff.next_delay()
-            log.warning(
-                "MQTT: %s; reconnecting to %s:%d in %.1f s",
-                reason,
-                self._settings.host,
-                self._settings.port,
-                delay,
-            )
+            log.warning("MQTT: %s; reconnecting to %s in %.1f s", reason, where, delay)
+            self._hint_once(reason)
             await asyncio.sleep(delay)
 
-    async def _connection(self, *, first: bool) -> str | None:
+    def _hint_once(self, reason: str) -> None:
+        """Say once what to check when the broker is not there at all."""
+        if self._hinted or self._ever_connected or "refused" not in reason.lower():
+            return
+        self._hinted = True
+        log.warning(
+            "MQTT: nothing accepts connections at %s:%d. Is the broker running? "
+            "Start it (`sudo systemctl start mosquitto`, or `mosquitto -v` in another "
+            "terminal), or point mqtt.host and mqtt.port at yours. Still retrying.",
+            self._settings.host,
+            self._settings.port,
+        )
+
+    async def _connection(self) -> str | None:
         """Serve one connection; return why it failed, or None after a clean finish."""
         try:
-            await self._serve_connection(first=first)
+            await self._serve_connection()
         except aiomqtt.MqttError as exc:
             return str(exc) or type(exc).__name__
         except ExceptionGroup as group:
@@ -118,7 +150,7 @@ class MqttSession:
             return "; ".join(str(exc) or type(exc).__name__ for exc in _leaves(mqtt_errors))
         return None
 
-    async def _serve_connection(self, *, first: bool) -> None:
+    async def _serve_connection(self) -> None:
         client = self._make_client()
         hooks = _PahoHooks(client)
         acks = AckWindow(hooks.ack)
@@ -135,7 +167,7 @@ class MqttSession:
                 # First in the outbox, in order, then published through the window
                 # like the rest: 10,000 devices are 20,000 retained messages.
                 self._outbox.requeue(self._handler.announcements())
-                self._connected(first=first)
+                self._connected()
                 await self._drain_outbox(publisher)
                 hooks.stop_delivering()  # shutting down: what comes now stays unacknowledged
                 watcher.cancel()
@@ -147,14 +179,16 @@ class MqttSession:
             hooks.stop_delivering()
             self._redeliveries.expect(*acks.close())
 
-    def _connected(self, *, first: bool) -> None:
+    def _connected(self) -> None:
         self._backoff.reset()
-        self._reconnects += 0 if first else 1
+        again = self._ever_connected
+        self._ever_connected = True
+        self._reconnects += again
         log.info(
             "MQTT: connected to %s:%d%s",
             self._settings.host,
             self._settings.port,
-            "" if first else " again",
+            " again" if again else "",
         )
         self._handler.on_connection(connected=True)
 
@@ -173,6 +207,8 @@ class MqttSession:
             # Commands are acknowledged only once answered, in order (see acks.py): the
             # largest window lets the broker keep delivering behind a slow one.
             properties.ReceiveMaximum = RECEIVE_MAXIMUM
+            if self._max_packet_size is not None:  # MQTT 5 §3.1.2.11.4
+                properties.MaximumPacketSize = self._max_packet_size
         return aiomqtt.Client(
             s.host,
             s.port,

@@ -59,7 +59,14 @@ class Gateway:
             else None
         )
         watched = self.discovery.watched if self.discovery else []
-        self.session = MqttSession(settings.mqtt, self.topics, self.outbox, self, watched)
+        self.session = MqttSession(
+            settings.mqtt,
+            self.topics,
+            self.outbox,
+            self,
+            watch=watched,
+            max_payload_bytes=settings.gateway.max_payload_bytes,
+        )
         self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
         self.dispatcher = Dispatcher(
             settings.gateway,
@@ -223,6 +230,13 @@ class Gateway:
         await scenes  # every scene has its steps answered by now, so it answers too
         self.outbox.put(Outbound(self.topics.status, b"offline", retain=True))
         self.outbox.close()
+        if not self.connected:  # nothing to deliver to: stop now, not after the flush timeout
+            log.warning(
+                "not connected to the broker: %d messages not delivered before exit",
+                len(self.outbox),
+            )
+            session.cancel()
+            return
         done, _ = await asyncio.wait({session}, timeout=FLUSH_TIMEOUT)
         if not done:
             log.warning(
