@@ -92,6 +92,8 @@ class MqttSettings(_Section):
     reconnect: Backoff = Backoff()
     tls: Tls | None = None
     max_inflight: int = Field(default=100, ge=1, le=65535)
+    response_prefix: str | None = Field(default=None, min_length=1, pattern=r"^[^#+]+$")
+    """When set, results go only to Response Topics under it (``replies/``)."""
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -109,6 +111,8 @@ class GatewaySettings(_Section):
     max_payload_bytes: int = Field(default=65536, ge=1)
     dedupe_window: float = Field(default=600, ge=0)
     dedupe_max_ids: int = Field(default=100_000, ge=1)
+    dedupe_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """The most bytes of stored results the dedupe window may hold."""
     device_retry: Backoff = Backoff(min_delay=1, max_delay=60)
 
 
@@ -117,6 +121,12 @@ class HttpSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=9100, ge=0, le=65535)
+    header_timeout: float = Field(default=10, gt=0)
+    """Seconds a client has to send a request's headers."""
+    idle_timeout: float = Field(default=60, gt=0)
+    """Seconds a kept-alive connection may sit without a request."""
+    max_connections: int = Field(default=100, ge=1)
+    """Connections served at once; more wait in the kernel's backlog."""
 
 
 class HomeAssistantSettings(_Section):
