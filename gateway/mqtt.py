@@ -484,20 +484,61 @@ def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     return context
 
 
+class PublishRefusedError(Exception):
+    """The broker acknowledged a publish with a failure reason (MQTT 5 PUBACK >= 0x80)."""
+
+
 class ToolClient:
     """A short-lived MQTT client for the command-line tools (``send``, ``watch``)."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
-        """Wrap a connected client."""
+        """Wrap a connected client; its publishes report the broker's PUBACK reason."""
         self._client = client
+        # aiomqtt 2.5's publish ignores the PUBACK's reason code, so a refusal (an
+        # ACL denial) would look like success; paho's callback still has it.
+        self._paho = client._client  # noqa: SLF001 - see above
+        self._acks: dict[int, asyncio.Future[ReasonCode | None]] = {}
+        aiomqtt_on_publish = self._paho.on_publish
+
+        def on_publish(paho: Any, userdata: Any, mid: int, *reason: Any) -> None:  # noqa: ANN401
+            waiting = self._acks.pop(mid, None)
+            if waiting is None:
+                if aiomqtt_on_publish is not None:
+                    aiomqtt_on_publish(paho, userdata, mid, *reason)
+            elif not waiting.done():
+                waiting.set_result(reason[0] if reason else None)
+
+        self._paho.on_publish = on_publish
 
     async def subscribe(self, topic_filter: str) -> None:
         """Subscribe at QoS 1."""
         await self._client.subscribe(topic_filter, qos=1)
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 1 and wait for the broker's acknowledgement."""
-        await self._client.publish(topic, payload, qos=1)
+        """Publish at QoS 1 and wait for the broker's acknowledgement.
+
+        Raises:
+            PublishRefusedError: the broker refused it (MQTT 5 only: a 3.1.1 broker
+                acknowledges and drops what its ACL denies).
+            ConnectionError: the connection is gone, or no acknowledgement came.
+        """
+        waiting: asyncio.Future[ReasonCode | None] = asyncio.get_running_loop().create_future()
+        info = self._paho.publish(topic, payload, qos=1)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"could not publish to {topic!r}: connection lost")
+        # The PUBACK is read on this loop, so it cannot arrive before this line.
+        self._acks[info.mid] = waiting
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                reason = await waiting
+        except TimeoutError:
+            raise ConnectionError(
+                f"the broker did not acknowledge the publish to {topic!r}"
+            ) from None
+        finally:
+            self._acks.pop(info.mid, None)
+        if reason is not None and reason.is_failure:
+            raise PublishRefusedError(f"the broker refused the publish to {topic!r}: {reason}")
 
     async def messages(self) -> AsyncIterator[Inbound]:
         """Every message on the subscriptions."""
