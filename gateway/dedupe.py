@@ -32,27 +32,40 @@ def answered(result: Result) -> Answered:
     return (result.to_json(duplicate=True), error.code.value, error.message)
 
 
+# Bytes an entry costs beyond its payload: its key, tuples, the ordered dict's node.
+ENTRY_OVERHEAD = 600
+
+
 class DedupeWindow:
     """Results (or results to come) of recent commands, by device and id.
 
     Each id is remembered for ``window`` seconds, but never more than
-    ``max_ids`` at once (about 0.6 KB each): a sustained stream faster than
-    ``max_ids / window`` commands per second forgets its oldest ids early
-    rather than growing without bound.
+    ``max_ids`` at once, nor more than ``max_bytes`` of stored results (an
+    entry costs its result's payload plus about 0.6 KB): a sustained stream,
+    or one of large results, forgets its oldest ids early rather than growing
+    without bound.
     """
 
-    def __init__(self, window: float, max_ids: int) -> None:
-        """Remember each id for ``window`` seconds, at most ``max_ids`` of them."""
+    def __init__(self, window: float, max_ids: int, max_bytes: int) -> None:
+        """Remember each id for ``window`` seconds, within ``max_ids`` and ``max_bytes``."""
         self._window = window
         self._max_ids = max_ids
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        # (device, id) -> (when seen, future or compact result, its size in bytes)
         self._seen: collections.OrderedDict[
-            tuple[str, str], tuple[float, asyncio.Future[Result] | Answered]
+            tuple[str, str], tuple[float, asyncio.Future[Result] | Answered, int]
         ] = collections.OrderedDict()
         self._warned = False
 
     def __len__(self) -> int:
         """How many ids are remembered."""
         return len(self._seen)
+
+    @property
+    def size_bytes(self) -> int:
+        """The estimated bytes the remembered results hold."""
+        return self._bytes
 
     def get(self, device: str, command_id: str) -> asyncio.Future[Result] | Answered | None:
         """The first run's result (maybe still to come) if the id is in the window."""
@@ -65,33 +78,47 @@ class DedupeWindow:
         now = time.monotonic()
         self._expire(now)
         key = (device, command_id)
-        self._seen[key] = (now, result)
+        size = ENTRY_OVERHEAD + len(device) + len(command_id)
+        self._seen[key] = (now, result, size)
+        self._bytes += size
         result.add_done_callback(functools.partial(self._answered, key))
-        if len(self._seen) > self._max_ids:
-            seen_at, _ = self._seen.popitem(last=False)[1]
-            self._warn_full(now - seen_at)
+        self._keep_within_bounds(now)
 
     def _answered(self, key: tuple[str, str], result: asyncio.Future[Result]) -> None:
         entry = self._seen.get(key)
-        if entry is not None and entry[1] is result and not result.cancelled():
-            self._seen[key] = (entry[0], answered(result.result()))
+        if entry is None or entry[1] is not result or result.cancelled():
+            return
+        compact = answered(result.result())
+        size = ENTRY_OVERHEAD + len(key[0]) + len(key[1]) + len(compact[0]) + len(compact[2])
+        self._seen[key] = (entry[0], compact, size)
+        self._bytes += size - entry[2]
+        self._keep_within_bounds(time.monotonic())
+
+    def _keep_within_bounds(self, now: float) -> None:
+        while self._seen and (len(self._seen) > self._max_ids or self._bytes > self._max_bytes):
+            seen_at, _, size = self._seen.popitem(last=False)[1]
+            self._bytes -= size
+            self._warn_full(now - seen_at)
 
     def _expire(self, now: float) -> None:
         # Insertion order is time order, so expired entries are at the front.
         while self._seen:
-            seen_at, _ = next(iter(self._seen.values()))
+            seen_at, _, size = next(iter(self._seen.values()))
             if now - seen_at < self._window:
                 return
             self._seen.popitem(last=False)
+            self._bytes -= size
 
     def _warn_full(self, age: float) -> None:
         if self._warned:
             return
         self._warned = True  # once per run: the cause is the sustained rate, not one id
         log.warning(
-            "dedupe: %d ids remembered, the most allowed; ids are now forgotten after "
-            "%.0f s instead of %.0f s. Raise gateway.dedupe_max_ids to keep them longer",
-            self._max_ids,
+            "dedupe: %d ids (%.1f MB of results) remembered, the most allowed; ids are now "
+            "forgotten after %.0f s instead of %.0f s. Raise gateway.dedupe_max_ids or "
+            "gateway.dedupe_max_bytes to keep them longer",
+            len(self._seen),
+            self._bytes / 1e6,
             age,
             self._window,
         )

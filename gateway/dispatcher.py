@@ -10,6 +10,7 @@ from gateway.commands import InvalidCommandError, Result, new_id, parse_command
 from gateway.dedupe import DedupeWindow
 from gateway.device_runner import Job
 from gateway.errors import CommandError, ErrorCode, validate_params
+from gateway.logs import Throttle, shorten
 from gateway.messages import Inbound, Outbound
 from gateway.topics import GATEWAY
 
@@ -47,30 +48,49 @@ class Dispatcher:
         self._publish = publish
         self._scenes = scenes
         self._observe = observe  # sees every result (metrics)
-        self._dedupe = DedupeWindow(settings.dedupe_window, settings.dedupe_max_ids)
+        self._dedupe = DedupeWindow(
+            settings.dedupe_window, settings.dedupe_max_ids, settings.dedupe_max_bytes
+        )
+        self._refusal_log = Throttle()
         self.closing = False
 
     def on_message(self, message: Inbound) -> None:
         """Handle one inbound message; every command message gets one result."""
         device = self._topics.command_target(message.topic)
-        if device is None:
-            log.debug("ignoring a message on %s", message.topic)
+        if device is None or (message.retain and not message.payload):
+            # Not a command topic, or a retained command being cleared (MQTT 3.3.1.3:
+            # an empty retained message deletes it): nothing to answer.
+            log.debug("ignoring a message on %s", shorten(message.topic))
             message.settle()
             return
 
         def answer(result: Result, payload: bytes | None = None) -> None:
             self._answer(message, result, payload)
 
+        command: Command | None = None
         try:
             command = self._read(message)
-        except InvalidCommandError as exc:
-            answer(Result(id=exc.command_id or new_id(), device=device, action=None, error=exc))
-            return
-        try:
             self._check_fresh(message)
             self._route(device, command, answer)
+        except InvalidCommandError as exc:
+            answer(Result(id=exc.command_id or new_id(), device=device, action=None, error=exc))
         except CommandError as exc:
+            assert command is not None  # noqa: S101 - only _read raises before it is set
             answer(Result(id=command.id, device=device, action=command.action, error=exc))
+        except Exception:
+            # A bug of ours must still answer the command, and not end the session.
+            log.exception("command on %s: failed to handle it", shorten(message.topic))
+            error = CommandError(
+                ErrorCode.DEVICE_ERROR, "the gateway failed to handle this command; see its log"
+            )
+            answer(
+                Result(
+                    id=command.id if command else new_id(),
+                    device=device,
+                    action=command.action if command else None,
+                    error=error,
+                )
+            )
 
     @staticmethod
     def _check_fresh(message: Inbound) -> None:
@@ -135,21 +155,26 @@ class Dispatcher:
         self._publish(Outbound(topic, payload, on_sent=message.settle))
         if message.response_topic:
             refusal = self._topics.response_topic_refusal(message.response_topic)
-            if refusal is not None:
-                log.warning(
-                    "command %s: not answering on response topic %r: %s",
-                    result.id,
-                    message.response_topic,
-                    refusal,
+            if refusal is None:
+                self._publish(
+                    Outbound(
+                        message.response_topic, payload, correlation_data=message.correlation_data
+                    )
                 )
-                return
-            self._publish(
-                Outbound(
-                    message.response_topic,
-                    payload,
-                    correlation_data=message.correlation_data,
-                )
-            )
+            else:
+                self._log_refused_response_topic(result.id, message.response_topic, refusal)
+
+    def _log_refused_response_topic(self, command_id: str, topic: str, refusal: str) -> None:
+        held_back = self._refusal_log.allow()
+        if held_back is None:
+            return
+        log.warning(
+            "command %s: not answering on response topic %r: %s%s",
+            shorten(command_id),
+            shorten(topic),
+            refusal,
+            f" ({held_back} more such lines held back)" if held_back else "",
+        )
 
 
 # Failures of the device are news for the operator; refusals of bad input are not.

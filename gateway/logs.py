@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -44,3 +45,39 @@ def setup_logging(settings: LoggingSettings) -> None:
     logging.getLogger("gateway.mqtt.client").setLevel(
         logging.DEBUG if settings.level == "DEBUG" else logging.CRITICAL
     )
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: for client input in logs."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+class Throttle:
+    """Lets at most ``burst`` log lines through per ``interval`` seconds.
+
+    For lines a client can cause at will (a refused Response Topic): a flood of
+    them must not fill the disk. The first line after a quiet spell says how
+    many were held back.
+    """
+
+    def __init__(self, interval: float = 60.0, burst: int = 5) -> None:
+        """Allow ``burst`` lines per ``interval`` seconds."""
+        self._interval = interval
+        self._burst = burst
+        self._window_start = float("-inf")
+        self._in_window = 0
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """None to drop this line; else how many were dropped since the last one let through."""
+        now = time.monotonic()
+        if now - self._window_start >= self._interval:
+            self._window_start, self._in_window = now, 0
+        if self._in_window >= self._burst:
+            self._suppressed += 1
+            return None
+        self._in_window += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed

@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.acks import AckWindow, Delivery, Redeliveries
+from gateway.acks import AckWindow, Delivery, Redeliveries, message_key
 from gateway.backoff import Backoff
 from gateway.messages import Inbound, Outbound, Outbox
 
@@ -235,8 +235,14 @@ class MqttSession:
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         command_filter = self._topics.command_filter
         if self._v5:
-            # MQTT 5 §3.8.3.1: Retain Handling 2 sends no retained messages on subscribe.
-            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            # MQTT 5 §3.8.3.1: Retain Handling 2 sends no retained messages on subscribe,
+            # and Retain As Published keeps the flag on a command published retained
+            # while we are connected, so it is refused like a stale one, not run.
+            options = SubscribeOptions(
+                qos=1,
+                retainAsPublished=True,
+                retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
+            )
             granted = await client.subscribe(command_filter, options=options)
         else:
             granted = await client.subscribe(command_filter, qos=1)
@@ -252,7 +258,9 @@ class MqttSession:
             if message.qos == 0:
                 self._handler.on_message(inbound)
                 return
-            key = (inbound.topic, inbound.payload, inbound.retain, inbound.response_topic)
+            key = message_key(
+                inbound.topic, inbound.payload, inbound.retain, inbound.response_topic
+            )
             if message.dup:  # MQTT 5 §3.3.1.1: a redelivery of an unacknowledged message
                 earlier = self._redeliveries.match(key)
                 if earlier is not None:

@@ -41,7 +41,7 @@ class Gateway:
         """Build every part; nothing runs until ``serve``."""
         self.config = config
         settings = config.settings
-        self.topics = Topics(settings.mqtt.base_topic)
+        self.topics = Topics(settings.mqtt.base_topic, settings.mqtt.response_prefix)
         self.outbox = Outbox()
         self._changed = asyncio.Event()  # connection or a device changed: recheck readiness
         self.fleet = Fleet(

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 GATEWAY = "gateway"
 MAX_TOPIC_BYTES = 65535
-# Leaves of {base}/{segment}/... that only the gateway publishes, or that it reads.
-OWNED_LEAVES = frozenset({"state", "availability", "command", "status", "devices", "scenes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +13,8 @@ class Topics:
     """Every topic the gateway uses, under one base topic."""
 
     base: str
+    response_prefix: str | None = None
+    """When set, Response Topics must lie under it (``mqtt.response_prefix``)."""
 
     @property
     def command_filter(self) -> str:
@@ -63,14 +63,17 @@ class Topics:
     def response_topic_refusal(self, topic: str) -> str | None:
         """Why a command's Response Topic cannot be used, or None if it can.
 
-        A result may not land on a wildcard (MQTT 5 §3.3.2.3.5) nor on a topic the
-        gateway owns, where it would forge a state, status or command.
+        A result may not land on a wildcard (MQTT 5 §3.3.2.3.5), nor anywhere under
+        the base topic, where it would forge another device's result, state or
+        command, whatever the base's depth; with a ``response_prefix``, only under it.
         """
         if not topic or "+" in topic or "#" in topic or "\0" in topic:
             return "it is not a valid topic name"
         if len(topic.encode()) > MAX_TOPIC_BYTES:
             return "it is too long"
-        parts = topic.split("/")
-        if parts[0] == self.base and len(parts) == 3 and parts[2] in OWNED_LEAVES:  # noqa: PLR2004
-            return "the gateway owns that topic"
+        if topic == self.base or topic.startswith(f"{self.base}/"):
+            return f"it lies under the gateway's base topic {self.base!r}"
+        prefix = self.response_prefix
+        if prefix is not None and not topic.startswith(f"{prefix.rstrip('/')}/"):
+            return f"it lies outside mqtt.response_prefix {prefix!r}"
         return None

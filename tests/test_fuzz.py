@@ -491,6 +491,13 @@ def command_device(topic: str) -> str | None:
     return None
 
 
+def answered_device(message: Message) -> str | None:
+    """The device segment when ``message`` gets a result: a command, not a retained clear."""
+    if message.retain and not message.payload:  # deletes a retained message: no command
+        return None
+    return command_device(message.topic)
+
+
 def segments(*, empty: bool = False) -> st.SearchStrategy[str]:
     """Device segments: real ids, near misses, any text (unicode too); or only the empty one."""
     if empty:
@@ -618,7 +625,7 @@ async def dispatch(config: Config, sent: Sequence[Message]) -> DispatchRun:
     run = DispatchRun()
     settled: list[int] = []
     collector = Collector(run, settled)
-    expected = sum(command_device(m.topic) is not None for m in sent)
+    expected = sum(answered_device(m) is not None for m in sent)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(gateway.fleet.run())
         scenes = tasks.create_task(gateway.scenes.run())
@@ -639,7 +646,7 @@ async def dispatch(config: Config, sent: Sequence[Message]) -> DispatchRun:
                 )
             )
             run.settled_on_arrival.update(settled[before:])
-            if command_device(message.topic) is not None:
+            if answered_device(message) is not None:
                 assert not settled[before:], f"settled without a result: {message!r}"
         try:
             async with asyncio.timeout(5):
@@ -748,7 +755,7 @@ def check_answer(message: Message, device: str, answer: Answer) -> None:
 
 def check_dispatch(sent: Sequence[Message], run: DispatchRun) -> None:
     for index, message in enumerate(sent):
-        device = command_device(message.topic)
+        device = answered_device(message)
         if device is None:
             assert run.settled_on_arrival[index] == 1, f"not settled once: {message!r}"
             assert index not in run.answers, f"a result for a non-command topic: {message!r}"

@@ -388,11 +388,11 @@ async def test_result_also_goes_to_the_response_topic_with_correlation_data(
         assert replies.messages == [on_response], "nothing else on the response topic"
 
 
-async def test_response_topic_under_the_base_topic_without_correlation_data(
-    make_config: Callable[..., Config], probe: Probe
+async def test_response_topic_without_correlation_data(
+    broker: Broker, make_config: Callable[..., Config]
 ) -> None:
-    response_topic = "iot/client-7/replies"
-    async with started(make_config(), probe):
+    response_topic = "replies/client-7/x"
+    async with Probe(broker.port, ["#"]) as probe, started(make_config(), probe):
         await probe.publish(
             command_topic("speaker"),
             {"action": "set_volume", "params": {"level": 10}, "id": "rt-1"},
@@ -403,6 +403,64 @@ async def test_response_topic_under_the_base_topic_without_correlation_data(
         assert on_response.json == result
         assert on_response.correlation_data is None
         assert result["state"]["volume"] == 10
+
+
+@pytest.mark.parametrize("base", ["iot", "site/iot"])
+async def test_response_topics_under_the_base_or_outside_the_prefix_are_refused(
+    broker: Broker, make_config: Callable[..., Config], base: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = [
+        f"{base}/hub/command",  # would run a command on another device
+        f"{base}/hub/result",  # would forge another device's result
+        f"{base}/x/y/z",
+        base,
+        "elsewhere/x",  # outside mqtt.response_prefix
+    ]
+    config = make_config(mqtt={"base_topic": base, "response_prefix": "replies/"})
+    async with Probe(broker.port, ["#"]) as watcher, started(config, watcher):
+        for index, topic in enumerate(refused):
+            await watcher.publish(
+                f"{base}/light/command",
+                {"action": "toggle", "id": f"rt-{index}"},
+                response_topic=topic,
+            )
+        await watcher.publish(
+            f"{base}/light/command", {"action": "toggle", "id": "ok"}, response_topic="replies/a/b"
+        )
+        await watcher.wait_topic("replies/a/b")
+        for index, _ in enumerate(refused):  # each still answered on its result topic
+            await watcher.wait_for(
+                lambda m, i=index: m.topic == f"{base}/light/result" and m.json["id"] == f"rt-{i}"
+            )
+        for topic in refused:
+            assert not [m for m in watcher.messages if m.topic == topic and b'"id"' in m.payload]
+        assert not watcher.on(f"{base}/hub/result")
+        hub_states = [m.json for m in watcher.on(f"{base}/hub/state")]
+        assert hub_states
+        assert all(state == {"power": "off"} for state in hub_states)
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if "not answering on response topic" in r.getMessage()
+    ]
+    assert len(lines) == 5, lines  # one per refusal, below the rate limit
+
+
+async def test_refused_response_topics_are_logged_shortened_and_rate_limited(
+    make_config: Callable[..., Config], probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_topic = "iot/" + "x" * 60_000
+    async with started(make_config(), probe):
+        for index in range(200):
+            await probe.publish(
+                command_topic("hub"),
+                {"action": "toggle", "id": f"r{index}"},
+                response_topic=long_topic,
+            )
+        await probe.result("hub", "r199")
+    lines = [r.getMessage() for r in caplog.records if "response topic" in r.getMessage()]
+    assert 1 <= len(lines) <= 10, len(lines)
+    assert all(len(line) < 400 for line in lines), [len(line) for line in lines]
 
 
 # -- expiry ------------------------------------------------------------------------------
@@ -625,6 +683,32 @@ async def test_retained_command_over_mqtt_311_is_answered_but_not_run(
         assert after["state"] == {"power": "off", "brightness": 70}, "turn_on must not run"
         assert result_ids(probe, "light") == ["stale-311", "after"]
         assert all(m.json["power"] == "off" for m in state_messages(probe, "light"))
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_command_retained_while_connected_is_refused_and_its_clearing_ignored(
+    make_config: Callable[..., Config], probe: Probe, protocol: str
+) -> None:
+    async with started(make_config(mqtt={"protocol": protocol}), probe):
+        await probe.publish(command_topic("hub"), {"action": "toggle", "id": "live"}, retain=True)
+        result = await probe.result("hub", "live")
+        if protocol == "5":  # Retain As Published: the flag arrives, so it is refused
+            assert result["error"]["code"] == "retained_command", result
+        else:  # MQTT 3.1.1 §3.3.1.3 clears the flag on live delivery: it runs
+            assert result["status"] == "ok", result
+        # Clearing it (an empty retained message) is not a command: no answer at all
+        # with MQTT 5; 3.1.1 delivers it without the flag, an empty non-command.
+        await probe.publish(command_topic("hub"), b"", retain=True)
+        after = await probe.command("hub", {"action": "turn_off", "id": "after"})
+        assert after["status"] == "ok"
+        results = [m.json for m in probe.on(result_topic("hub"))]
+        if protocol == "5":
+            assert [r["id"] for r in results] == ["live", "after"]
+        else:
+            assert [r["error"] and r["error"]["code"] for r in results[1:]] == [
+                "invalid_json",
+                None,
+            ]
 
 
 async def test_retained_command_over_mqtt_5_is_not_delivered(
