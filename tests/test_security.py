@@ -45,7 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SECURE = ROOT / "mosquitto" / "secure"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
-USERS = ("gateway", "client")
+# More client logins: the broker binds client ids to usernames, so programs
+# connected at once need a login each (the ACL's `client` block, repeated).
+MORE_CLIENTS = ("client2", "client3")
+USERS = ("gateway", "client", *MORE_CLIENTS)
 DEVICES = [{"id": "light", "type": "simulated.light"}]
 
 # --- certificates -----------------------------------------------------------------
@@ -98,6 +101,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(ca=ca, server_cert=cert, server_key=key, other_ca=other_ca)
 
 
+def with_more_clients(acl: str) -> str:
+    """The ACL, plus its ``user client`` block again for each of ``MORE_CLIENTS``."""
+    block = acl[acl.index("user client\n") : acl.index("# --- Every user")]
+    assert "topic write iot/+/command" in block, block
+    extra = [block.replace("user client", f"user {name}", 1) for name in MORE_CLIENTS]
+    return "\n".join([acl, *extra])
+
+
 # --- the broker ---------------------------------------------------------------------
 
 
@@ -122,7 +133,7 @@ class SecureBroker:
                 capture_output=True,
             )
         self.acl_file = workdir / "acl"
-        shutil.copy(SECURE / "acl", self.acl_file)
+        self.acl_file.write_text(with_more_clients((SECURE / "acl").read_text()))
         self.data_dir = workdir / "data"
         self.data_dir.mkdir()
         self.log_file = workdir / "mosquitto.log"
@@ -410,9 +421,8 @@ async def test_gateway_logs_in_and_answers_the_client_user(
     # It logged in as `gateway` on the listener the config names.
     port = secure_broker.tls_port if ca is not None else secure_broker.port
     broker_log = secure_broker.log_file.read_text()
-    assert re.search(rf"on port {port}\.\n.*as iot-gateway \(.*u'gateway'\)", broker_log), (
-        broker_log
-    )
+    # Its client id is its username (use_username_as_clientid), not mqtt.client_id.
+    assert re.search(rf"on port {port}\.\n.*as gateway \(.*u'gateway'\)", broker_log), broker_log
 
 
 # What gateway/mqtt.py logs for each failed attempt (aiomqtt's error, then the delay).
@@ -498,7 +508,7 @@ async def test_client_user_cannot_publish_what_the_gateway_publishes(
     control = "iot/nodevice/command"
     async with (
         login(secure_broker, "client") as watcher,
-        login(secure_broker, "client") as forger,
+        login(secure_broker, "client2") as forger,
     ):
         await watcher.subscribe("iot/#")
         async with running_gateway(config, AdapterRegistry.from_entry_points()):
@@ -512,7 +522,7 @@ async def test_client_user_cannot_publish_what_the_gateway_publishes(
             assert all(m.payload != forged for m in watcher.on(topic)), watcher.on(topic)
             # And the retained value is still the gateway's.
             expected = watcher.on(topic)[-1].payload if topic != "iot/light/result" else None
-            async with login(secure_broker, "client") as fresh:
+            async with login(secure_broker, "client3") as fresh:
                 await fresh.subscribe(topic, control)
                 await forger.publish(control, b"marker 2")
                 await fresh.wait_for(lambda m: m.topic == control)
@@ -520,20 +530,62 @@ async def test_client_user_cannot_publish_what_the_gateway_publishes(
                 assert retained == ([expected] if expected is not None else []), retained
 
 
-async def test_gateway_user_reads_its_status_for_the_healthcheck(
+def impostor(broker: SecureBroker, client_id: str) -> User:
+    """The ``client`` user, connecting with someone else's client id and session."""
+    return User(
+        aiomqtt.Client(
+            broker.host,
+            broker.port,
+            username="client",
+            password=broker.passwords["client"],
+            identifier=client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=session_properties(),
+            keepalive=5,
+        )
+    )
+
+
+def session_properties() -> Properties:
+    """CONNECT properties asking for a session that outlives the connection."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 3600
+    return properties
+
+
+async def test_another_user_with_the_gateways_client_id_gets_neither_session_nor_commands(
     secure_broker: SecureBroker, tmp_path: Path
 ) -> None:
-    # docker-compose.yml's gateway healthcheck logs in with the gateway's credentials.
     config = gateway_config(secure_broker, tmp_path)
-    async with running_gateway(config, AdapterRegistry.from_entry_points()):
-        async with login(secure_broker, "client") as client:
-            await client.subscribe("iot/gateway/status")
-            await client.wait_for(lambda m: m.payload == b"online")
-        async with login(secure_broker, "gateway") as healthcheck:
-            await healthcheck.subscribe("iot/gateway/status")
-            status = await healthcheck.wait_for(lambda m: m.topic == "iot/gateway/status")
-            assert status.payload == b"online"
-            assert status.retain
+    client_id = config.settings.mqtt.client_id
+    registry = AdapterRegistry.from_entry_points()
+    async with running_gateway(config, registry), login(secure_broker, "client") as sender:
+        await sender.subscribe("iot/#")
+        await sender.wait_for(
+            lambda m: m.topic == "iot/light/availability" and m.payload == b"online"
+        )
+    # The gateway is away; commands wait in its persistent session.
+    async with login(secure_broker, "client") as sender:
+        for index in range(5):
+            await sender.publish(
+                "iot/light/command", json.dumps({"action": "toggle", "id": f"q{index}"})
+            )
+    # Another user connects first with the gateway's client id, to take its session.
+    thief = impostor(secure_broker, client_id)
+    await thief.__aenter__()
+    await thief.subscribe("iot/+/result")
+    async with running_gateway(config, registry) as gateway:
+        for index in range(5):  # every queued command reached the gateway
+            await thief.wait_for(result_for(f"q{index}"))
+        await thief.__aexit__(None, None, None)
+        assert not [m for m in thief.messages if m.topic.endswith("/command")]
+        # Connecting again with the gateway's id, while it runs, does not disconnect it.
+        async with impostor(secure_broker, client_id) as again:
+            await again.subscribe("iot/light/result")
+            await again.publish("iot/light/command", json.dumps({"action": "toggle", "id": "n"}))
+            await again.wait_for(result_for("n"))
+        assert gateway.session.reconnects == 0
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
