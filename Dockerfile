@@ -2,7 +2,8 @@
 
 # The iot-gateway image: the package and its dependencies are installed into a
 # virtual environment in a builder stage; only that venv reaches the runtime
-# stage, which has no pip, no build backend and no source tree.
+# stage, which has no pip, no build backend (it uninstalls the base image's)
+# and no source tree.
 #
 #   docker build -t iot-gateway .
 #   docker run --rm -v "$PWD/examples/demo.yaml:/etc/iot-gateway/config.yaml:ro" \
@@ -32,8 +33,13 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
 
 FROM ${PYTHON_IMAGE}
 
-# A fixed numeric id, so orchestrators can verify the image runs as non-root.
-RUN groupadd --system --gid 10001 gateway \
+# python:3.11-slim ships pip and setuptools (and, in older builds, wheel) in
+# the system Python; the gateway's venv has none of them and needs none, so
+# they go (a package that is absent is skipped). A fixed numeric id, so
+# orchestrators can verify the image runs as non-root.
+RUN PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    python -m pip uninstall --yes --quiet pip setuptools wheel \
+ && groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin gateway
 
