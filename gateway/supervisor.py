@@ -12,6 +12,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.fleet import Fleet
 from gateway.homeassistant import Discovery
 from gateway.http import HttpServer
+from gateway.leftovers import Leftovers
 from gateway.messages import Inbound, Outbound, Outbox
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttSession
@@ -58,7 +59,8 @@ class Gateway:
             if settings.homeassistant.discovery
             else None
         )
-        watched = self.discovery.watched if self.discovery else []
+        self.leftovers = Leftovers(self.topics, (device.id for device in config.devices))
+        watched = [self.leftovers.topic, *(self.discovery.watched if self.discovery else [])]
         self.session = MqttSession(
             settings.mqtt,
             self.topics,
@@ -126,8 +128,11 @@ class Gateway:
     def on_message(self, message: Inbound) -> None:
         """A message arrived: the dispatcher answers commands.
 
-        Home Assistant's own topics are handled apart.
+        The gateway's own retained device list and Home Assistant's topics are
+        handled apart.
         """
+        if self.leftovers.handle(message, self.outbox.put):
+            return
         if self.discovery is not None and self.discovery.handle(message, self.outbox.put):
             return
         self.dispatcher.on_message(message)
