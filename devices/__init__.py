@@ -6,6 +6,7 @@ defined here, so third-party adapters can be written against it alone.
 
 from devices.base import (
     Adapter,
+    ContractSample,
     DeviceConfig,
     DeviceError,
     DeviceEvents,
@@ -17,6 +18,7 @@ from devices.base import (
 
 __all__ = [
     "Adapter",
+    "ContractSample",
     "DeviceConfig",
     "DeviceError",
     "DeviceEvents",

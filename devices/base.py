@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from contextlib import AbstractAsyncContextManager
 
 JsonObject = dict[str, Any]
 
@@ -52,12 +54,35 @@ class DeviceEvents(Protocol):
         """The device dropped its connection; the host reopens it with backoff."""
 
 
+@dataclass(frozen=True)
+class ContractSample:
+    """How a contract test exercises an adapter type (see ``Adapter.contract_sample``).
+
+    Configs are a device entry's fields besides ``id`` and ``type``; params are
+    what a command would send.
+
+    Attributes:
+        config: a device that works: ``open`` succeeds and fills the state.
+        broken: a device whose ``open`` raises ``DeviceError`` (it is not there).
+        changing: an action and its params that change the state.
+        failing: an action and its params that the device refuses (``DeviceError``).
+        failing_config: the device for ``failing``, when it is not ``config``.
+    """
+
+    config: JsonObject
+    broken: JsonObject
+    changing: tuple[str, JsonObject]
+    failing: tuple[str, JsonObject]
+    failing_config: JsonObject | None = None
+
+
 class Adapter(abc.ABC):
     """One device. The host calls ``open``, then ``execute`` one action at a time.
 
     Subclasses set ``config_model`` and ``actions`` (action name to its parameter
     model) and keep ``state`` current through ``update_state``. An adapter whose
-    actions come from its configuration overrides ``actions_for`` instead.
+    actions come from its configuration overrides ``actions_for`` instead. One
+    may offer the gateway's contract tests a sample of itself (``contract_sample``).
     """
 
     config_model: ClassVar[type[DeviceConfig]] = DeviceConfig
@@ -72,6 +97,21 @@ class Adapter(abc.ABC):
         """
         del config
         return cls.actions
+
+    @classmethod
+    def contract_sample(cls) -> AbstractAsyncContextManager[ContractSample] | None:
+        """A sample for the adapter contract tests, or None (the default) for none.
+
+        The gateway's ``tests/test_adapter_contract.py`` runs its checks (open and
+        close twice, close after a failed open, state pushed after an action,
+        ``DeviceError`` for a refusal, strict parameter models) on every built-in
+        adapter, and on an installed third-party one only if it returns a sample
+        here. Return an async context manager that yields the ``ContractSample``;
+        it may start a stand-in device on entry and stop it on exit. The tests
+        call this to learn whether there is a sample, so calling it must start
+        nothing: only entering it may.
+        """
+        return None
 
     def __init__(self, config: DeviceConfig, events: DeviceEvents) -> None:
         """Bind the adapter to its validated config and its host's event sink."""

@@ -1,9 +1,12 @@
-"""What every registered adapter promises its host, checked on each one.
+"""What every adapter promises its host, checked on each built-in one and on samples offered.
 
-Each registered type needs a sample here: a config that works (with a stand-in
+Each built-in type needs a sample here: a config that works (with a stand-in
 device started where it needs one), one whose open fails, an action that changes
-the state and one the device refuses. A type without a sample fails the test,
-so a new adapter cannot slip in unchecked.
+the state and one the device refuses. A built-in type (one this project's own
+distribution registers) without a sample fails a test, so a new adapter cannot
+slip in unchecked. An installed third-party type is checked too when it offers
+a sample (``Adapter.contract_sample``); one that does not is left alone, since
+this suite cannot know how to exercise it.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import ValidationError
 
-from devices import Adapter, DeviceError, Params
+from devices import Adapter, ContractSample, DeviceError, Params
 from gateway import AdapterRegistry
+from gateway.registry import ENTRY_POINT_GROUP
 from tests.broker import free_port
 from tests.fakes import FakePlc, FakePlug, FakeProjector
 
@@ -29,26 +34,15 @@ if TYPE_CHECKING:
 
 REGISTRY = AdapterRegistry.from_entry_points()
 PYTHON = sys.executable
+DISTRIBUTION = "iot-gateway"  # pyproject.toml's project name: its entry points are built in
 
-
-@dataclass(frozen=True)
-class Sample:
-    """How to exercise one adapter type."""
-
-    config: dict[str, Any]
-    broken: dict[str, Any]  # a config whose open fails: the device is not there
-    changing: tuple[str, dict[str, Any]]  # an action (and params) that changes the state
-    failing: tuple[str, dict[str, Any]]  # an action the device refuses
-    failing_config: dict[str, Any] | None = None  # the config for that, if not ``config``
-
-
-SampleFactory = Callable[[contextlib.AsyncExitStack[bool | None]], Awaitable[Sample]]
+SampleFactory = Callable[[contextlib.AsyncExitStack[bool | None]], Awaitable[ContractSample]]
 
 
 def simulated(changing: str, params: dict[str, Any] | None = None) -> SampleFactory:
-    async def make(stack: contextlib.AsyncExitStack[bool | None]) -> Sample:
+    async def make(stack: contextlib.AsyncExitStack[bool | None]) -> ContractSample:
         del stack
-        return Sample(
+        return ContractSample(
             config={},
             broken={"open_failures": 1},
             changing=(changing, params or {}),
@@ -59,10 +53,10 @@ def simulated(changing: str, params: dict[str, Any] | None = None) -> SampleFact
     return make
 
 
-async def http_sample(stack: contextlib.AsyncExitStack[bool | None]) -> Sample:
+async def http_sample(stack: contextlib.AsyncExitStack[bool | None]) -> ContractSample:
     plug = await stack.enter_async_context(FakePlug())
     state = {"path": "/rpc/Switch.GetStatus?id=0"}
-    return Sample(
+    return ContractSample(
         config={
             "base_url": plug.url,
             "state": state,
@@ -77,30 +71,31 @@ async def http_sample(stack: contextlib.AsyncExitStack[bool | None]) -> Sample:
     )
 
 
-async def tcp_sample(stack: contextlib.AsyncExitStack[bool | None]) -> Sample:
+async def tcp_sample(stack: contextlib.AsyncExitStack[bool | None]) -> ContractSample:
     projector = await stack.enter_async_context(FakeProjector())
-    return Sample(
-        config={
-            "host": "127.0.0.1",
-            "port": projector.port,
-            "query": "PWR?",
-            "state_regex": "PWR=(?P<power>ON|OFF)",
-            "actions": {
-                "volume": {"send": "VOL {level}", "params": {"level": "int"}, "expect": "^VOL="},
-                "turn_on": {"send": "PWR ON", "expect": "^PWR=ON$"},
-                "garble": {"send": "XYZ", "expect": "^OK$"},
-            },
+    config = {
+        "host": "127.0.0.1",
+        "port": projector.port,
+        "query": "PWR?",
+        "state_regex": "PWR=(?P<power>ON|OFF)",
+        "actions": {
+            "volume": {"send": "VOL {level}", "params": {"level": "int"}, "expect": "^VOL="},
+            "turn_on": {"send": "PWR ON", "expect": "^PWR=ON$"},
+            "garble": {"send": "XYZ", "expect": "^OK$"},
         },
-        broken={"host": "127.0.0.1", "port": free_port()},
+    }
+    return ContractSample(
+        config=config,
+        broken={**config, "port": free_port()},
         changing=("turn_on", {}),
         failing=("garble", {}),
     )
 
 
-async def command_sample(stack: contextlib.AsyncExitStack[bool | None]) -> Sample:
+async def command_sample(stack: contextlib.AsyncExitStack[bool | None]) -> ContractSample:
     del stack
     report = "import json, sys; print(json.dumps({'level': int(sys.argv[1])}))"
-    return Sample(
+    return ContractSample(
         config={
             "state": {"argv": [PYTHON, "-c", "print('{\"level\": 0}')"]},
             "actions": {
@@ -118,16 +113,17 @@ async def command_sample(stack: contextlib.AsyncExitStack[bool | None]) -> Sampl
     )
 
 
-async def modbus_sample(stack: contextlib.AsyncExitStack[bool | None]) -> Sample:
+async def modbus_sample(stack: contextlib.AsyncExitStack[bool | None]) -> ContractSample:
     plc = await stack.enter_async_context(FakePlc())
-    return Sample(
-        config={
-            "host": "127.0.0.1",
-            "port": plc.port,
-            "coils": {"pump": {"address": 1, "writable": True}},
-            "registers": {"locked": {"address": 15, "writable": True}},
-        },
-        broken={"host": "127.0.0.1", "port": free_port()},
+    config = {
+        "host": "127.0.0.1",
+        "port": plc.port,
+        "coils": {"pump": {"address": 1, "writable": True}},
+        "registers": {"locked": {"address": 15, "writable": True}},
+    }
+    return ContractSample(
+        config=config,
+        broken={**config, "port": free_port()},
         changing=("turn_on_pump", {}),
         failing=("set_locked", {"value": 1}),
     )
@@ -167,7 +163,7 @@ class Case:
 
     name: str
     adapter_type: type[Adapter]
-    sample: Sample
+    sample: ContractSample
 
     def make(self, fields: dict[str, Any] | None = None) -> tuple[Adapter, Recorder]:
         data = {
@@ -184,14 +180,43 @@ class Case:
         return self.adapter_type.actions_for(adapter.config)[action].model_validate(values)
 
 
-@pytest.fixture(params=REGISTRY.names())
-async def case(request: pytest.FixtureRequest) -> AsyncIterator[Case]:
-    name: str = request.param
-    factory = SAMPLES.get(name)
-    if factory is None:
-        pytest.fail(f"adapter type {name!r} has no sample in {__name__}.SAMPLES")
+def built_in_types() -> set[str]:
+    """The types this project's own distribution registers."""
+    return {
+        entry.name
+        for entry in entry_points(group=ENTRY_POINT_GROUP)
+        if entry.dist is not None and entry.dist.name == DISTRIBUTION
+    }
+
+
+def contract_types(registry: AdapterRegistry) -> list[str]:
+    """The types to check: built-in ones by name, third-party ones that offer a sample."""
+    return [
+        name
+        for name in registry.names()
+        if name in SAMPLES or registry.get(name).contract_sample() is not None
+    ]
+
+
+@contextlib.asynccontextmanager
+async def contract_case(registry: AdapterRegistry, name: str) -> AsyncIterator[Case]:
+    """``name``'s case, its stand-in device (if any) running until the block ends."""
+    adapter_type = registry.get(name)
     async with contextlib.AsyncExitStack() as stack:
-        yield Case(name, REGISTRY.get(name), await factory(stack))
+        factory = SAMPLES.get(name)
+        if factory is not None:
+            sample = await factory(stack)
+        else:
+            offered = adapter_type.contract_sample()
+            assert offered is not None, f"{name!r} offers no sample"
+            sample = await stack.enter_async_context(offered)
+        yield Case(name, adapter_type, sample)
+
+
+@pytest.fixture(params=contract_types(REGISTRY))
+async def case(request: pytest.FixtureRequest) -> AsyncIterator[Case]:
+    async with contract_case(REGISTRY, request.param) as built:
+        yield built
 
 
 @contextlib.asynccontextmanager
@@ -210,6 +235,12 @@ async def hosted(adapter: Adapter) -> AsyncIterator[None]:
 
 def test_every_sample_names_a_registered_type() -> None:
     assert set(SAMPLES) <= set(REGISTRY.names())
+
+
+def test_every_built_in_type_has_a_sample() -> None:
+    assert built_in_types() >= {"simulated.switch", "http", "tcp", "command", "modbus"}
+    missing = built_in_types() - set(SAMPLES)
+    assert not missing, f"built-in adapter types without a sample in {__name__}.SAMPLES"
 
 
 async def test_actions_are_strict_models_with_json_schemas(case: Case) -> None:
@@ -268,3 +299,13 @@ async def test_state_is_pushed_after_open_and_execute(case: Case) -> None:
         assert len(events.states) > pushed, "no state_changed after an action that changed it"
         assert events.states[-1] == adapter.state
         assert adapter.state != before or case.name == "simulated.sensor"
+
+
+CONTRACT_CHECKS = (
+    test_actions_are_strict_models_with_json_schemas,
+    test_open_and_close_are_idempotent,
+    test_close_after_failed_open,
+    test_a_refused_action_raises_device_error,
+    test_state_is_pushed_after_open_and_execute,
+)
+"""Every check above, for a test that runs them on a case of its own."""

@@ -4,6 +4,7 @@ The package is made in a temporary directory as an installer would leave it (a
 module and a ``*.dist-info`` with ``entry_points.txt``) and put on ``sys.path``,
 where ``importlib.metadata`` finds it. Its adapter is the one printed in
 ``docs/writing-an-adapter.md``, taken from the guide itself, so the guide works.
+Beside it: an adapter with a bug, and one that offers the contract tests a sample.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from gateway import AdapterRegistry, running_gateway
+from tests.test_adapter_contract import CONTRACT_CHECKS, SAMPLES, contract_case, contract_types
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "writing-an-adapter.md"
-MODULES = ("acme_thermostat", "acme_buggy")
+MODULES = ("acme_thermostat", "acme_buggy", "acme_lamp")
 
 BUGGY = '''
 """An adapter with a bug: the host must still answer, with device_error."""
@@ -46,6 +48,47 @@ class Buggy(Adapter):
 
     async def execute(self, action, params):
         raise RuntimeError("a bug in the adapter")
+'''
+
+
+LAMP = '''
+"""An adapter that offers the gateway's contract tests a sample of itself."""
+
+import contextlib
+
+from devices import Adapter, ContractSample, DeviceConfig, DeviceError, NoParams
+
+
+class LampConfig(DeviceConfig):
+    reachable: bool = True
+
+
+class Lamp(Adapter):
+    config_model = LampConfig
+    actions = {"turn_on": NoParams, "jam": NoParams}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def contract_sample(cls):
+        yield ContractSample(
+            config={},
+            broken={"reachable": False},
+            changing=("turn_on", {}),
+            failing=("jam", {}),
+        )
+
+    async def open(self):
+        if not self.config.reachable:
+            raise DeviceError("no lamp there")
+        self.state.setdefault("power", "off")
+
+    async def close(self):
+        pass
+
+    async def execute(self, action, params):
+        if action == "jam":
+            raise DeviceError("the switch is stuck")
+        self.update_state(power="on")
 '''
 
 
@@ -69,11 +112,13 @@ def acme_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     (dist / "entry_points.txt").write_text(
         "[iot_gateway.adapters]\n"
         "acme.thermostat = acme_thermostat:Thermostat\n"
-        "acme.buggy = acme_buggy:Buggy\n",
+        "acme.buggy = acme_buggy:Buggy\n"
+        "acme.lamp = acme_lamp:Lamp\n",
         encoding="utf-8",
     )
     (site / "acme_thermostat.py").write_text(code_from_guide("acme_thermostat.py"), "utf-8")
     (site / "acme_buggy.py").write_text(BUGGY, encoding="utf-8")
+    (site / "acme_lamp.py").write_text(LAMP, encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     yield site
     for module in MODULES:
@@ -81,7 +126,20 @@ def acme_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 def test_without_the_package_the_types_are_unknown() -> None:
-    assert not {"acme.thermostat", "acme.buggy"} & set(AdapterRegistry.from_entry_points().names())
+    names = set(AdapterRegistry.from_entry_points().names())
+    assert not {"acme.thermostat", "acme.buggy", "acme.lamp"} & names
+
+
+async def test_the_contract_checks_a_third_party_adapter_only_with_a_sample(
+    acme_site: Path,
+) -> None:
+    del acme_site
+    registry = AdapterRegistry.from_entry_points()
+    checked = contract_types(registry)
+    assert set(checked) == set(SAMPLES) | {"acme.lamp"}  # not the two without a sample
+    async with contract_case(registry, "acme.lamp") as case:
+        for check in CONTRACT_CHECKS:
+            await check(case)
 
 
 async def test_third_party_adapter_runs_over_mqtt(
