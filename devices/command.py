@@ -32,7 +32,9 @@ from devices.templates import (
     build_params_model,
     check_placeholders,
     declared_params,
+    need_something,
     placeholders,
+    refuse,
     render,
     whole_placeholder,
 )
@@ -96,18 +98,32 @@ def _checked_argv(
 class CommandConfig(ConfiguredActionsConfig):
     """Programs run as actions, and optionally one whose output is the state."""
 
-    actions: dict[ActionName, CommandAction] = Field(default_factory=dict)
     state: Run | None = None
     """A program whose stdout (a JSON object) is merged into the state."""
     poll_interval: float | None = Field(default=None, gt=0)
     cwd: DirectoryPath | None = None
     env: dict[str, str] = Field(default_factory=dict)
     """Added to the gateway's environment, which the programs get without ``GATEWAY_*``."""
+    # Last: it is checked against ``state``, validated before it.
+    actions: dict[ActionName, CommandAction] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("actions")
+    @classmethod
+    def _does_something(
+        cls, actions: dict[str, CommandAction], info: ValidationInfo
+    ) -> dict[str, CommandAction]:
+        need_something(
+            actions, info, "state", "a command device needs at least one action or a state program"
+        )
+        return actions
 
     def build_action_models(self) -> ActionModels:
         """A parameter model per action; an argument cannot hold a NUL character."""
+        no_nul = (refuse("\0"),)
         return {
-            name: build_params_model(name, action.params, forbid="\0")
+            name: build_params_model(
+                name, action.params, text_rules=dict.fromkeys(action.params, no_nul)
+            )
             for name, action in self.actions.items()
         }
 

@@ -28,7 +28,10 @@ from devices.templates import (
     build_params_model,
     check_placeholders,
     declared_params,
+    is_dot_segment,
     json_placeholders,
+    need_something,
+    not_a_dot_segment,
     placeholders,
     render,
     render_json,
@@ -59,6 +62,10 @@ class HttpAction(Spec):
     body: JsonValue = None
     body_from_params: bool = False
     state_from_response: bool | JsonPath = False
+
+    def path_params(self) -> set[str]:
+        """The parameters filling the path itself, before any ``?query``."""
+        return placeholders(self.path.partition("?")[0])
 
     @field_validator("path")
     @classmethod
@@ -93,7 +100,7 @@ class HttpConfig(ConfiguredActionsConfig):
     state: HttpRequest | None = None
     state_path: JsonPath = ()
     poll_interval: float | None = Field(default=None, gt=0)
-    actions: dict[ActionName, HttpAction] = Field(default_factory=dict)
+    actions: dict[ActionName, HttpAction] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("base_url")
     @classmethod
@@ -117,9 +124,26 @@ class HttpConfig(ConfiguredActionsConfig):
             raise ValueError("needs a state request")
         return interval
 
+    @field_validator("actions")
+    @classmethod
+    def _does_something(
+        cls, actions: dict[str, HttpAction], info: ValidationInfo
+    ) -> dict[str, HttpAction]:
+        need_something(
+            actions, info, "state", "an http device needs at least one action or a state request"
+        )
+        return actions
+
     def build_action_models(self) -> ActionModels:
-        """A parameter model per configured action."""
-        return {name: build_params_model(name, a.params) for name, a in self.actions.items()}
+        """A parameter model per configured action; a path parameter cannot be a dot segment."""
+        return {
+            name: build_params_model(
+                name,
+                action.params,
+                text_rules=dict.fromkeys(action.path_params(), (not_a_dot_segment,)),
+            )
+            for name, action in self.actions.items()
+        }
 
 
 class HttpDevice(ConfiguredActionsAdapter):
@@ -166,7 +190,7 @@ class HttpDevice(ConfiguredActionsAdapter):
         """Send the action's request; take state from its response or re-read it."""
         spec = self.config.actions[action]
         values = params.model_dump()
-        path = render(spec.path, values, quote=lambda text: quote(text, safe=""))
+        path = _fill_path(spec.path, values, action)
         body = values if spec.body_from_params else render_json(spec.body, values)
         has_body = spec.body_from_params or spec.body is not None
         text = await self._request(spec.method, path, body if has_body else None)
@@ -213,6 +237,26 @@ class HttpDevice(ConfiguredActionsAdapter):
         if response.status >= 400:  # noqa: PLR2004 - HTTP's error classes start here
             raise DeviceError(f"{method} {path}: HTTP {response.status}: {text[-200:]}")
         return text
+
+
+def _fill_path(template: str, values: Mapping[str, object], action: str) -> str:
+    """``template`` with each value percent-encoded in its place (``/?#%`` included).
+
+    A value cannot be ``.`` or ``..`` (its model refuses them), but a template may
+    still make a dot segment of values and text (``/.{a}`` with an empty ``a``),
+    which the client would resolve, moving the request elsewhere: refused here.
+    """
+    path = render(template, values, quote=lambda text: quote(text, safe=""))
+    # As many segments as the template: an encoded value holds no ``/``.
+    parts = zip(
+        template.partition("?")[0].split("/"), path.partition("?")[0].split("/"), strict=True
+    )
+    if any(placeholders(part) and is_dot_segment(filled) for part, filled in parts):
+        raise DeviceError(
+            f"action {action!r}: the parameters make a '.' or '..' path segment,"
+            " which would move the request up the path"
+        )
+    return path
 
 
 def _object_at(text: str, path: JsonPath, what: str) -> Mapping[str, JsonValue]:

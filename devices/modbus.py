@@ -24,6 +24,7 @@ from devices.templates import (
     ParamSpec,
     Spec,
     build_params_model,
+    need_something,
 )
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class ModbusConfig(ConfiguredActionsConfig):
     request_timeout: float = Field(default=3, gt=0)
     poll_interval: float | None = Field(default=None, gt=0)
     coils: dict[PointName, Coil] = Field(default_factory=dict)
-    registers: dict[PointName, Register] = Field(default_factory=dict)
+    registers: dict[PointName, Register] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("registers")
     @classmethod
@@ -134,6 +135,9 @@ class ModbusConfig(ConfiguredActionsConfig):
         both = sorted(set(info.data.get("coils", {})) & set(registers))
         if both:
             raise ValueError(f"{', '.join(both)}: both a coil and a register")
+        need_something(
+            registers, info, "coils", "a modbus device needs at least one coil or register"
+        )
         return registers
 
     def writes(self) -> dict[str, tuple[str, bool | None]]:

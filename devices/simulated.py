@@ -45,9 +45,10 @@ class Level(Params):
 
 
 class Song(Params):
-    """The song to play."""
+    """The song to play: a title or a URI, not a document."""
 
-    song: str = Field(min_length=1)
+    # 255: the longest state Home Assistant keeps; the song is the `playing` text entity's.
+    song: str = Field(min_length=1, max_length=255)
 
 
 _POWER_ACTIONS: Mapping[str, type[Params]] = {

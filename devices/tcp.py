@@ -28,7 +28,9 @@ from devices.templates import (
     build_params_model,
     check_placeholders,
     declared_params,
+    need_something,
     placeholders,
+    refuse,
     render,
 )
 
@@ -42,6 +44,8 @@ class TcpAction(Spec):
     params: ParamSpecs = Field(default_factory=dict)  # first: the template is checked on it
     send: str
     expect: re.Pattern[str] | None = None
+    allow_control_characters: bool = False
+    """Let string parameters hold control characters other than line breaks (framing bytes)."""
 
     @field_validator("send")
     @classmethod
@@ -61,7 +65,7 @@ class TcpConfig(ConfiguredActionsConfig):
     query: tuple[str, ...] = ()
     state_regex: tuple[re.Pattern[str], ...] = ()
     poll_interval: float | None = Field(default=None, gt=0)
-    actions: dict[ActionName, TcpAction] = Field(default_factory=dict)
+    actions: dict[ActionName, TcpAction] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("query", "state_regex", mode="before")
     @classmethod
@@ -92,12 +96,34 @@ class TcpConfig(ConfiguredActionsConfig):
             raise ValueError("needs a query")
         return interval
 
+    @field_validator("actions")
+    @classmethod
+    def _does_something(
+        cls, actions: dict[str, TcpAction], info: ValidationInfo
+    ) -> dict[str, TcpAction]:
+        need_something(
+            actions, info, "state_regex", "a tcp device needs at least one action or state_regex"
+        )
+        return actions
+
     def build_action_models(self) -> ActionModels:
-        """A parameter model per action; string values may not hold a line break."""
+        """A parameter model per action; string values stay on their line.
+
+        A line break (or the configured newline) would end the line and start
+        another command; other control characters (NUL, VT, FF, NEL, U+2028 ...)
+        are read as line ends or framing by some devices, so they too are
+        refused unless the action allows them.
+        """
         return {
-            name: build_params_model(name, action.params, forbid="\r\n" + self.newline)
+            name: _params_model(name, action, self.newline)
             for name, action in self.actions.items()
         }
+
+
+def _params_model(name: str, action: TcpAction, newline: str) -> type[Params]:
+    rule = refuse("\r\n" + newline, controls=not action.allow_control_characters)
+    rules = dict.fromkeys(action.params, (rule,))
+    return build_params_model(name, action.params, text_rules=rules)
 
 
 class TcpDevice(ConfiguredActionsAdapter):
@@ -144,51 +170,64 @@ class TcpDevice(ConfiguredActionsAdapter):
         """Send the action's line; with ``expect``, check the reply."""
         spec = self.config.actions[action]
         line = render(spec.send, params.model_dump())
+        what = f"action {action!r}"
         if spec.expect is None:
-            await self._request(line, reply=False)
+            await self._request(line, what, reply=False)
             return
-        reply = await self._request(line, reply=True)
+        reply = await self._request(line, what, reply=True)
         if not spec.expect.search(reply):
-            raise DeviceError(f"unexpected reply to {line!r}: {reply!r}")
+            raise DeviceError(f"unexpected reply to {what}: {reply!r}")
 
     async def _poll(self) -> None:
         await self.poll(self.config.poll_interval, self._query)
 
     async def _query(self) -> None:
-        for line in self.config.query:
-            await self._request(line, reply=True)
+        for index, line in enumerate(self.config.query):
+            await self._request(line, f"query[{index}]", reply=True)
 
-    async def _request(self, line: str, *, reply: bool) -> str:
-        """Send ``line``; return the next line the device sends if ``reply``, else ``""``."""
+    async def _request(self, line: str, what: str, *, reply: bool) -> str:
+        """Send ``line``; return the next line the device sends if ``reply``, else ``""``.
+
+        Errors name the line by ``what`` (``action 'turn_on'``, ``query[0]``), never
+        by its text: it may hold a password, and the host logs them and publishes
+        them in results.
+        """
         async with self._lock:
             if not reply:
-                await self._send(line)
+                await self._send(line, what)
                 return ""
             # Wait for the reply before sending: it may come back before the send returns.
             waiter: asyncio.Future[str] | None = None
             if self._listening:
                 waiter = self._reply = asyncio.get_running_loop().create_future()
             try:
-                await self._send(line)
+                await self._send(line, what)
                 async with asyncio.timeout(self.config.reply_timeout):
                     if waiter is not None:
                         return await waiter
                     return await self._read_reply()
             except TimeoutError:
                 raise DeviceError(
-                    f"no reply to {line!r} within {self.config.reply_timeout:g} s"
+                    f"no reply to {what} within {self.config.reply_timeout:g} s"
                 ) from None
             finally:
                 self._reply = None
 
-    async def _send(self, line: str) -> None:
+    async def _send(self, line: str, what: str) -> None:
         if self._writer is None:
             raise DeviceError("not connected")
         try:
-            self._writer.write((line + self.config.newline).encode(self.config.encoding))
+            data = (line + self.config.newline).encode(self.config.encoding)
+        except UnicodeEncodeError as exc:
+            # Not chained: the error holds the whole line, which may hold a secret.
+            raise DeviceError(
+                f"cannot send {what}: it has a character {exc.encoding} cannot encode"
+            ) from None
+        try:
+            self._writer.write(data)
             await self._writer.drain()
-        except (OSError, UnicodeEncodeError) as exc:
-            raise DeviceError(f"cannot send {line!r}: {exc}") from exc
+        except OSError as exc:
+            raise DeviceError(f"cannot send {what}: {exc}") from exc
 
     async def _read_reply(self) -> str:
         """Read the reply here: nothing else reads before ``background`` runs."""

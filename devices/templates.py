@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import (
     AfterValidator,
@@ -36,7 +39,7 @@ from pydantic import (
 from devices.base import Adapter, DeviceConfig, DeviceError, Params
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Mapping, Sequence
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 ACTION_PATTERN = r"^[a-z_][a-z0-9_]*$"  # what a bare-name command can reach
@@ -45,6 +48,20 @@ _WHOLE = re.compile(r"^\{([a-z][a-z0-9_]*)\}$")
 _TYPES: Mapping[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 ActionModels = dict[str, type[Params]]
 """Action name to its parameter model (``type`` is a config field in config classes)."""
+TextRule = Callable[[str], str]
+"""A check of a string parameter's value: returns it, or raises ``ValueError`` saying why."""
+
+DEFAULT_MAX_LENGTH = 1024
+"""A string parameter's length limit when its spec sets no ``max``.
+
+Every value is held in memory, sent to the device and echoed in the state and the
+result; a kilobyte is more than a name, a preset or a line of text needs.
+"""
+# C0 controls, DEL and C1 controls (Unicode category Cc), and the line and paragraph
+# separators (Zl, Zp): what a device may read as the end of a line or as framing.
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits on
+_DOT_SEGMENTS = frozenset({".", ".."})
 
 
 class Spec(BaseModel):
@@ -56,7 +73,8 @@ class Spec(BaseModel):
 class ParamSpec(Spec):
     """One action parameter: its type and optional bounds, pattern and default.
 
-    ``min``/``max`` bound a number's value and a string's length.
+    ``min``/``max`` bound a number's value and a string's length; a string without
+    ``max`` is at most ``DEFAULT_MAX_LENGTH`` long (or ``min``, if that is more).
     """
 
     type: Literal["int", "float", "str", "bool"]
@@ -115,39 +133,110 @@ ActionName = Annotated[str, Field(pattern=ACTION_PATTERN)]
 
 
 def build_params_model(
-    action: str, specs: Mapping[str, ParamSpec], *, forbid: str = ""
+    action: str,
+    specs: Mapping[str, ParamSpec],
+    *,
+    text_rules: Mapping[str, Sequence[TextRule]] | None = None,
 ) -> type[Params]:
-    """A strict ``Params`` model for ``specs``; string values may not hold ``forbid``."""
-    fields: dict[str, Any] = {name: _field(spec, forbid) for name, spec in specs.items()}
+    """A strict ``Params`` model for ``specs``.
+
+    Args:
+        action: the action's name, which names the model.
+        specs: parameter name to its spec.
+        text_rules: parameter name to the rules its value must pass, when it is a string.
+    """
+    rules = text_rules or {}
+    fields: dict[str, Any] = {
+        name: _field(spec, rules.get(name, ())) for name, spec in specs.items()
+    }
     title = "".join(part.capitalize() for part in action.split("_")) + "Params"
     return create_model(title, __base__=Params, **fields)
 
 
-def _field(spec: ParamSpec, forbid: str) -> tuple[Any, Any]:
+def _field(spec: ParamSpec, rules: Sequence[TextRule]) -> tuple[Any, Any]:
     """``(annotation, FieldInfo)`` for ``create_model``."""
     default = ... if spec.default is None else spec.default
     if spec.type != "str":
         info = Field(default, ge=spec.min, le=spec.max, description=spec.description)
         return _TYPES[spec.type], info
+    low = None if spec.min is None else int(spec.min)
     info = Field(
         default,
-        min_length=None if spec.min is None else int(spec.min),
-        max_length=None if spec.max is None else int(spec.max),
+        min_length=low,
+        max_length=_max_length(spec.max, low),
         pattern=spec.pattern,
         description=spec.description,
     )
-    if forbid:
-        return Annotated[str, AfterValidator(_refuse(forbid))], info
+    if rules:
+        return Annotated[str, AfterValidator(_all(rules))], info
     return str, info
 
 
-def _refuse(characters: str) -> Callable[[str], str]:
+def _all(rules: Sequence[TextRule]) -> TextRule:
     def check(value: str) -> str:
-        if any(c in value for c in characters):
-            raise ValueError(f"must not contain any of {characters!r}")
+        for rule in rules:
+            value = rule(value)
         return value
 
     return check
+
+
+def _max_length(high: float | None, low: int | None) -> int:
+    """The spec's ``max``, else the default (raised to ``min``, so the spec stays satisfiable)."""
+    if high is not None:
+        return int(high)
+    return max(DEFAULT_MAX_LENGTH, low or 0)
+
+
+def refuse(characters: str = "", *, controls: bool = False) -> TextRule:
+    """A rule refusing each of ``characters`` and, with ``controls``, every control character.
+
+    Control characters are C0 and C1 controls, DEL, and the Unicode line and
+    paragraph separators (U+2028, U+2029). The error names the first one found.
+    """
+    members = "".join(re.escape(c) for c in characters) + (_CONTROLS if controls else "")
+    if not members:
+        return _unchanged
+    found = re.compile(f"[{members}]").search
+
+    def check(value: str) -> str:
+        match = found(value)
+        if match is not None:
+            raise ValueError(f"must not contain {describe_character(match.group())}")
+        return value
+
+    return check
+
+
+def _unchanged(value: str) -> str:
+    return value
+
+
+def describe_character(character: str) -> str:
+    """``U+000D (a line break)``: its code point, and what it is when that is not obvious."""
+    code = f"U+{ord(character):04X}"
+    if character in _LINE_BREAKS:
+        return f"{code} (a line break)"
+    if unicodedata.category(character) == "Cc":
+        return f"{code} (a control character)"
+    return f"{code} {character!r}"
+
+
+def not_a_dot_segment(value: str) -> str:
+    """A rule for a value that fills a URL path segment: ``.`` and ``..`` would leave it.
+
+    A client resolves them (RFC 3986, 5.2.4), so ``/{a}/{b}`` with ``..`` and
+    ``admin`` would become ``/admin``. Encoding does not help: ``%2E`` is an
+    unreserved character's encoding, which a client may decode first.
+    """
+    if value in _DOT_SEGMENTS:
+        raise ValueError(f"must not be {value!r}: a path segment of dots moves up the path")
+    return value
+
+
+def is_dot_segment(segment: str) -> bool:
+    """Whether a URL path segment (percent-encoded or not) is ``.`` or ``..``."""
+    return unquote(segment) in _DOT_SEGMENTS
 
 
 # -- templates -----------------------------------------------------------------
@@ -191,6 +280,17 @@ def check_placeholders(used: set[str], declared: Mapping[str, ParamSpec] | None)
     unknown = sorted(used - set(declared))
     if unknown:
         raise ValueError(f"template uses undeclared parameter(s): {', '.join(unknown)}")
+
+
+def need_something(value: object, info: ValidationInfo, other: str, message: str) -> None:
+    """Raise ``ValueError(message)`` when ``value`` and the field ``other`` are both empty.
+
+    A device that has no actions and reads no state can do nothing: a mistake in
+    its configuration. An ``other`` that failed its own validation is missing
+    from ``info.data``; its own error is reported, so this says nothing.
+    """
+    if not value and other in info.data and not info.data[other]:
+        raise ValueError(message)
 
 
 def as_text(value: object) -> str:

@@ -54,6 +54,8 @@ class Request:
     query: dict[str, str]
     body: Any
     headers: dict[str, str]
+    raw_path: str
+    """The path as sent, still percent-encoded."""
 
 
 class FakePlug:
@@ -73,6 +75,7 @@ class FakePlug:
         app.router.add_post("/rpc/Switch.Set", self._set)
         app.router.add_post("/rpc/Light.Set", self._light)
         app.router.add_get("/rpc/Sys.Echo/{word}", self._echo)
+        app.router.add_route("*", "/api/{anything:.*}", self._anything)
         self._runner = web.AppRunner(app)
 
     def status(self) -> dict[str, Any]:
@@ -82,7 +85,14 @@ class FakePlug:
     async def _record(self, request: web.Request) -> None:
         body = await request.json() if request.can_read_body else None
         self.requests.append(
-            Request(request.method, request.path, dict(request.query), body, dict(request.headers))
+            Request(
+                request.method,
+                request.path,
+                dict(request.query),
+                body,
+                dict(request.headers),
+                request.raw_path,
+            )
         )
 
     async def _status(self, request: web.Request) -> web.Response:
@@ -104,6 +114,11 @@ class FakePlug:
     async def _echo(self, request: web.Request) -> web.Response:
         await self._record(request)
         return web.json_response({"word": request.match_info["word"]})
+
+    async def _anything(self, request: web.Request) -> web.Response:
+        """Any path under ``/api/`` is answered, so a request sent astray there is recorded."""
+        await self._record(request)
+        return web.json_response({"path": request.raw_path})
 
     async def __aenter__(self) -> Self:
         """Start serving."""

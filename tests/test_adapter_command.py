@@ -221,3 +221,23 @@ def test_config_is_checked(argv: list[str], problem: str) -> None:
     with pytest.raises(ValidationError) as caught:
         CommandConfig.model_validate({"id": "c", "type": "command", "actions": {"a": action}})
     assert problem in str(caught.value)
+
+
+def test_an_argument_cannot_hold_a_nul() -> None:
+    adapter = device(echo={"argv": ["/bin/echo", "{word}"], "params": {"word": "str"}})
+    echo = CommandDevice.actions_for(adapter.config)["echo"]
+    with pytest.raises(ValidationError) as caught:  # execve would refuse it, or cut it there
+        echo.model_validate({"word": "a\0b"})
+    [error] = caught.value.errors()
+    assert error["loc"] == ("word",)
+    assert "must not contain U+0000" in error["msg"]
+
+
+def test_a_device_needs_an_action_or_a_state_program() -> None:
+    with pytest.raises(ValidationError) as caught:
+        CommandConfig.model_validate({"id": "c", "type": "command"})
+    [error] = caught.value.errors()
+    assert error["loc"] == ("actions",)
+    assert "a command device needs at least one action or a state program" in error["msg"]
+    state = {"argv": ["/bin/echo", "{}"]}  # a device that only reports is fine
+    CommandConfig.model_validate({"id": "c", "type": "command", "state": state})

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from gateway import AdapterRegistry
 from gateway.config import validate_devices
@@ -44,9 +46,9 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
 def test_check_config_names_the_bad_field_of_each_adapter(tmp_path: Path) -> None:
     shelly = {"base_url": "http://plug"}
     devices: list[dict[str, Any]] = [
-        {"id": "plug", "type": "http", "base_url": "ftp://plug"},
+        {"id": "plug", "type": "http", "base_url": "ftp://plug", "state": {"path": "/s"}},
         {"id": "plug2", "type": "http", **shelly, "actions": {"on": {"method": "FETCH"}}},
-        {"id": "projector", "type": "tcp", "host": "p", "port": 70000},
+        {"id": "projector", "type": "tcp", "host": "p", "port": 70000, "state_regex": "(?P<s>.)"},
         {"id": "shell", "type": "command", "actions": {"run": {"argv": ["echo", "-x={x}"]}}},
         {"id": "plc", "type": "modbus", "host": "p", "registers": {"t": {"address": -1}}},
     ]
@@ -66,6 +68,72 @@ def test_check_config_names_the_bad_field_of_each_adapter(tmp_path: Path) -> Non
         "devices[4].registers.t.address: Input should be greater than or equal to 0",
     ]
     assert done.stderr.splitlines() == [f"config error: {line}" for line in expected]
+
+
+def test_check_config_refuses_a_device_that_can_do_nothing(tmp_path: Path) -> None:
+    devices: list[dict[str, Any]] = [
+        {"id": "bare", "type": "command"},
+        {"id": "plug", "type": "http", "base_url": "http://plug"},
+        {"id": "projector", "type": "tcp", "host": "p", "port": 4352, "query": "PWR?"},
+        {"id": "plc", "type": "modbus", "host": "p"},
+        # Each of these reads a state, so it does something without actions.
+        {"id": "meter", "type": "http", "base_url": "http://m", "state": {"path": "/status"}},
+        {"id": "listener", "type": "tcp", "host": "p", "port": 1, "state_regex": "V=(?P<v>.*)"},
+        {"id": "date", "type": "command", "state": {"argv": ["/bin/date", "+{{}}"]}},
+        {"id": "gauge", "type": "modbus", "host": "p", "registers": {"t": {"address": 0}}},
+    ]
+    path = tmp_path / "bare.yaml"
+    path.write_text(yaml.safe_dump({"devices": devices}), encoding="utf-8")
+    done = check_config(path)
+    assert done.returncode == 78, done.stderr
+    expected = [
+        (
+            "devices[0].actions: Value error, a command device needs at least one action or a "
+            "state program"
+        ),
+        (
+            "devices[1].actions: Value error, an http device needs at least one action or a "
+            "state request"
+        ),
+        "devices[2].actions: Value error, a tcp device needs at least one action or state_regex",
+        "devices[3].registers: Value error, a modbus device needs at least one coil or register",
+    ]
+    assert done.stderr.splitlines() == [f"config error: {line}" for line in expected]
+
+
+def test_string_params_have_a_length_limit_unless_the_config_sets_one() -> None:
+    params = {
+        "plain": "str",
+        "short": {"type": "str", "max": 20},
+        "long": {"type": "str", "min": 2000},
+    }
+    entries: list[dict[str, Any]] = [
+        {
+            "id": "h",
+            "type": "http",
+            "base_url": "http://h",
+            "actions": {"a": {"path": "/{plain}/{short}/{long}"}},
+        },
+        {"id": "t", "type": "tcp", "host": "t", "port": 1, "actions": {"a": {"send": "{plain}"}}},
+        {"id": "c", "type": "command", "actions": {"a": {"argv": ["/bin/echo", "{plain}"]}}},
+    ]
+    registry = AdapterRegistry.from_entry_points()
+    for entry in entries:
+        entry["actions"]["a"]["params"] = params
+    devices, problems = validate_devices(entries, registry)
+    assert problems == []
+    for device in devices.values():
+        model = registry.get(device.type).actions_for(device)["a"]
+        lengths = {
+            name: field.get("maxLength")
+            for name, field in model.model_json_schema()["properties"].items()
+        }
+        assert lengths == {"plain": 1024, "short": 20, "long": 2000}, device.type
+        model.model_validate({"plain": "x" * 1024, "short": "x", "long": "x" * 2000})
+        with pytest.raises(ValidationError, match="at most 1024 characters"):
+            model.model_validate({"plain": "x" * 1025, "short": "x", "long": "x" * 2000})
+    play = registry.get("simulated.speaker").actions["play"]
+    assert play.model_json_schema()["properties"]["song"]["maxLength"] == 255
 
 
 def test_the_reference_examples_are_valid() -> None:

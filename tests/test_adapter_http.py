@@ -145,6 +145,65 @@ async def test_path_params_are_quoted_body_from_params_and_headers() -> None:
         await adapter.close()
 
 
+TRAVERSAL: dict[str, Any] = {
+    "reset": {
+        "path": "/{a}/{b}/reset",
+        "params": {"a": "str", "b": "str"},
+        "state_from_response": True,
+    },
+    "find": {  # a value after ``?`` is no path segment: dots are only text there
+        "method": "GET",
+        "path": "/find?name={name}",
+        "params": {"name": "str"},
+        "state_from_response": True,
+    },
+    "dotted": {  # the template itself puts a dot in front of the value
+        "path": "/.{a}/reset",
+        "params": {"a": "str"},
+        "state_from_response": True,
+    },
+}
+
+
+@pytest.mark.parametrize("dots", [".", ".."])
+async def test_a_dot_segment_is_refused_before_anything_is_sent(dots: str) -> None:
+    async with FakePlug() as plug:
+        adapter = device(
+            base_url=plug.url + "/api/v1",
+            headers={"Authorization": "Bearer abc"},
+            actions=TRAVERSAL,
+        )
+        await adapter.open()
+        reset = HttpDevice.actions_for(adapter.config)["reset"]
+        with pytest.raises(ValidationError) as caught:  # answered invalid_params
+            reset.model_validate({"a": dots, "b": "admin"})
+        [error] = caught.value.errors()
+        assert error["loc"] == ("a",)
+        assert f"must not be {dots!r}" in error["msg"]
+        assert plug.requests == []  # above all, no POST /api/admin/reset with our token
+        await run(adapter, "find", name=dots)
+        assert plug.requests[-1].query == {"name": dots}
+        await adapter.close()
+
+
+async def test_a_path_value_is_percent_encoded_into_its_own_segment() -> None:
+    async with FakePlug() as plug:
+        adapter = device(base_url=plug.url + "/api/v1", actions=TRAVERSAL)
+        await adapter.open()
+        await run(adapter, "reset", a="a/b?c#d%e", b="...")
+        assert plug.requests[-1].raw_path == "/api/v1/a%2Fb%3Fc%23d%25e/.../reset"
+        assert plug.requests[-1].path == "/api/v1/a/b?c#d%e/.../reset"  # as the device reads it
+        await run(adapter, "reset", a="%2e%2E", b="%2F")  # encoded dots and slashes stay text
+        assert plug.requests[-1].raw_path == "/api/v1/%252e%252E/%252F/reset"
+        await run(adapter, "dotted", a="x")
+        assert plug.requests[-1].raw_path == "/api/v1/.x/reset"
+        sent = len(plug.requests)
+        with pytest.raises(DeviceError, match=r"'\.' or '\.\.' path segment"):
+            await run(adapter, "dotted", a="")  # the template and the value make "."
+        assert len(plug.requests) == sent
+        await adapter.close()
+
+
 async def test_http_errors_and_bad_json_are_device_errors() -> None:
     async with FakePlug() as plug:
         adapter = device(
@@ -224,9 +283,15 @@ ONE_ACTION = {"path": "/rpc/X"}
             "no min",
         ),
         ({"verify_tls": False, "ca_file": __file__}, "ca_file needs verify_tls"),
+        ({}, "an http device needs at least one action or a state request"),
     ],
 )
 def test_config_is_checked(fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValidationError) as caught:
         HttpConfig.model_validate({"id": "d", "type": "http", "base_url": "http://x", **fields})
     assert problem in str(caught.value)
+
+
+def test_a_device_that_only_reads_its_state_needs_no_action() -> None:
+    config = {"id": "meter", "type": "http", "base_url": "http://x", "state": STATUS}
+    assert HttpConfig.model_validate(config).actions == {}

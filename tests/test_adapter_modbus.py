@@ -146,6 +146,7 @@ class Events:
         ({"registers": {"Bad Name": {"address": 1}}}, "String should match pattern"),
         ({"registers": {"a": {"address": 1, "scale": 0}}}, "greater than 0"),
         ({"unit": 300}, "less than or equal to 255"),
+        ({"coils": {}, "registers": {}}, "a modbus device needs at least one coil or register"),
     ],
 )
 def test_config_is_checked(fields: dict[str, Any], problem: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -65,13 +66,17 @@ async def test_projector_over_mqtt(make_config: Callable[..., Config], probe: Pr
 
         garbled = await probe.command("projector", {"action": "garble"})
         assert garbled["error"]["code"] == "device_error"
-        assert "unexpected reply to 'XYZ': 'ERR'" in garbled["error"]["message"]
+        assert "unexpected reply to action 'garble': 'ERR'" in garbled["error"]["message"]
 
-        # A line break in a parameter would smuggle a second command in.
-        sneaky = {"action": "say", "params": {"text": "hi\rPWR OFF"}}
-        refused = await probe.command("projector", sneaky)
-        assert refused["error"]["code"] == "invalid_params"
-        assert "PWR OFF" not in projector.received
+        # A line break in a parameter would smuggle a second command in; so would a
+        # vertical tab to a device that reads it as one.
+        for text, named in [("hi\rPWR OFF", "U+000D"), ("hi\vPWR OFF", "U+000B")]:
+            sneaky = {"action": "say", "params": {"text": text}}
+            refused = await probe.command("projector", sneaky)
+            assert refused["error"]["code"] == "invalid_params"
+            assert "params.text" in refused["error"]["message"]
+            assert named in refused["error"]["message"]
+        assert not any("PWR OFF" in line for line in projector.received)
 
         projector.push("VOL=33")  # someone turned the knob
         await probe.wait_for(lambda m: m.topic == "iot/projector/state" and m.json["volume"] == 33)
@@ -127,8 +132,9 @@ async def test_refused_connection_and_missing_reply_are_device_errors() -> None:
         projector.mute = True
         config = TcpConfig.model_validate(projector_entry(projector.port, reply_timeout=0.1))
         mute = TcpDevice(config, Recorder())
-        with pytest.raises(DeviceError, match=r"no reply to 'PWR\?' within 0.1 s"):
+        with pytest.raises(DeviceError, match=r"no reply to query\[0\] within 0.1 s") as caught:
             await mute.open()
+        assert "PWR" not in str(caught.value)  # a query may hold a password
         await mute.close()
 
 
@@ -147,6 +153,73 @@ async def test_replies_are_read_before_and_after_background_starts() -> None:
         await adapter.close()
 
 
+CONTROLS = [
+    "\0",  # NUL: ends a C string
+    "\x07",
+    "\t",
+    "\v",  # VT, FF, FS, NEL, LS, PS: line breaks to str.splitlines and to some devices
+    "\f",
+    "\x1b",  # ESC: starts a terminal or printer command
+    "\x1c",
+    "\x7f",
+    "\x85",
+    "\x9b",  # CSI, the C1 form of ESC [
+    "\u2028",
+    "\u2029",
+]
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=lambda c: f"U+{ord(c):04X}")
+async def test_a_control_character_in_a_param_is_refused(control: str) -> None:
+    async with FakeProjector() as projector:
+        adapter = TcpDevice(TcpConfig.model_validate(projector_entry(projector.port)), Recorder())
+        await adapter.open()
+        say = TcpDevice.actions_for(adapter.config)["say"]
+        with pytest.raises(ValidationError) as caught:  # answered invalid_params
+            say.model_validate({"text": f"hi{control}PWR OFF"})
+        [error] = caught.value.errors()
+        assert error["loc"] == ("text",)
+        assert f"must not contain U+{ord(control):04X}" in error["msg"]
+        # Text that is not control characters goes through, non-ASCII included.
+        await adapter.execute("say", say.model_validate({"text": "Grüße\u00a0😀"}))
+        await projector.wait_for(lambda: projector.received[-1:] == ["SAY Grüße\u00a0😀"])
+        await adapter.close()
+
+
+async def test_an_action_may_allow_control_characters_but_never_a_line_break() -> None:
+    framed = {"send": "SAY {text}", "params": {"text": "str"}, "allow_control_characters": True}
+    async with FakeProjector() as projector:
+        entry = projector_entry(projector.port, actions={**ACTIONS, "framed": framed})
+        adapter = TcpDevice(TcpConfig.model_validate(entry), Recorder())
+        await adapter.open()
+        model = TcpDevice.actions_for(adapter.config)["framed"]
+        await adapter.execute("framed", model.model_validate({"text": "\x02a\0b\vc\x03"}))
+        await projector.wait_for(lambda: projector.received[-1:] == ["SAY \x02a\0b\vc\x03"])
+        for line_break in "\r\n":
+            with pytest.raises(ValidationError, match=r"U\+000[AD] \(a line break\)"):
+                model.model_validate({"text": f"a{line_break}PWR OFF"})
+        await adapter.close()
+
+
+async def test_query_lines_stay_out_of_logs_and_results(
+    make_config: Callable[..., Config], probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with FakeProjector() as projector:
+        projector.mute = True  # the login gets no answer: the connect fails
+        entry = projector_entry(
+            projector.port, id="secretive", query=["LOGIN hunter2"], reply_timeout=0.1
+        )
+        async with started(make_config(devices=[entry]), probe):
+            # Answered once the connect failed, so after the warning about it.
+            result = await probe.command("secretive", {"action": "turn_on"})
+            assert result["error"]["code"] == "device_unavailable"
+    assert "LOGIN hunter2" in projector.received
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("no reply to query[0] within 0.1 s" in message for message in warnings)
+    assert not [r.getMessage() for r in caplog.records if "hunter2" in r.getMessage()]
+
+
 @pytest.mark.parametrize(
     ("fields", "problem"),
     [
@@ -156,6 +229,10 @@ async def test_replies_are_read_before_and_after_background_starts() -> None:
         ({"poll_interval": 1, "query": []}, "needs a query"),
         ({"actions": {"a": {"send": "X {y}"}}}, "undeclared parameter(s): y"),
         ({"newline": ""}, "at least 1 character"),
+        (
+            {"actions": {}, "state_regex": []},
+            "a tcp device needs at least one action or state_regex",
+        ),
     ],
 )
 def test_config_is_checked(fields: dict[str, Any], problem: str) -> None:
