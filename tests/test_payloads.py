@@ -724,3 +724,26 @@ async def test_retained_command_over_mqtt_5_is_not_delivered(
         states = [m.json for m in state_messages(probe, "hub")]
         assert states[0] == {"power": "off"}
         assert states[-1] == {"power": "on"}
+
+
+# -- a bug of ours -----------------------------------------------------------------
+
+
+async def test_a_bug_while_handling_a_command_still_answers_it(
+    make_config: Callable[..., Config], probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with started(make_config(), probe) as gateway:
+        hub = gateway.fleet.get("hub")
+        assert hub is not None
+
+        def broken(config: object) -> None:
+            raise RuntimeError(f"a bug reading {config!r}")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(hub, "adapter_type", type("Broken", (), {"actions_for": broken}))
+            result = await probe.command("hub", {"action": "toggle", "id": "bug-1"})
+        assert result["status"] == "error"
+        assert result["error"]["code"] == "device_error"
+        assert "failed to handle" in result["error"]["message"]
+        assert result["id"] == "bug-1"
+        assert (await probe.command("hub", {"action": "toggle"}))["status"] == "ok"
