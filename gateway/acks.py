@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
 
 
-def message_key(topic: str, payload: bytes, retain: bool, response_topic: str | None) -> bytes:  # noqa: FBT001 - a message's fields
+def message_key(topic: str, payload: bytes, *, retain: bool, response_topic: str | None) -> bytes:
     """What identifies a redelivery of the same message: a digest of its content.
 
     A digest, not the content: the last ``RECENT_ACKS`` acknowledged messages
@@ -35,14 +35,10 @@ def message_key(topic: str, payload: bytes, retain: bool, response_topic: str | 
     Topics may be megabytes each (400 refused 4 MB payloads once held 1.5 GB).
     """
     digest = hashlib.blake2b(payload, digest_size=16)
-    digest.update(
-        b"\0%d\0%s\0%s"
-        % (
-            retain,
-            topic.encode(errors="surrogateescape"),
-            (response_topic or "").encode(errors="surrogateescape"),
-        )
-    )
+    topic_bytes = topic.encode(errors="surrogateescape")
+    reply_bytes = (response_topic or "").encode(errors="surrogateescape")
+    # The topic's length keeps the fields apart: no two messages hash the same input.
+    digest.update(b"%d %d %s%s" % (retain, len(topic_bytes), topic_bytes, reply_bytes))
     return digest.digest()
 
 

@@ -259,7 +259,10 @@ class MqttSession:
                 self._handler.on_message(inbound)
                 return
             key = message_key(
-                inbound.topic, inbound.payload, inbound.retain, inbound.response_topic
+                inbound.topic,
+                inbound.payload,
+                retain=inbound.retain,
+                response_topic=inbound.response_topic,
             )
             if message.dup:  # MQTT 5 §3.3.1.1: a redelivery of an unacknowledged message
                 earlier = self._redeliveries.match(key)
