@@ -421,13 +421,19 @@ async def test_a_link_too_slow_for_the_output_fills_the_socket_and_loses_nothing
     make_config: Callable[..., Config], broker: Broker, probe: Probe
 ) -> None:
     """More to send than the socket buffers hold: writes wait for the socket, then go on."""
-    devices = [{"id": "speaker", "type": "simulated.speaker"}]
+    # A program echoing each song into the state: simulated speakers take at
+    # most 255 characters.
+    play = {
+        "argv": ["/usr/bin/printf", '{{"playing": "%s"}}', "{song}"],
+        "params": {"song": {"type": "str", "max": 65536}},
+        "state_from_stdout": True,
+    }
+    devices = [{"id": "speaker", "type": "command", "actions": {"play": play}}]
     async with FaultProxy(broker.port, client_receive_buffer=65536) as proxy:
         config = make_config(
             mqtt={"port": proxy.port}, gateway={"queue_size": 100}, devices=devices
         )
         async with started(config, probe):
-            await probe.command("speaker", {"action": "turn_on"})
             # The proxy passes on 64 KB every 0.02 s; the answers below are 6 MB
             # (each result and state carries a 60 KB song), more than the
             # kernel's socket buffers hold, so the gateway's writes must wait.
