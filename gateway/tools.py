@@ -12,55 +12,84 @@ from gateway.mqtt import tool_client
 from gateway.topics import Topics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from gateway.config import MqttSettings
 
 WATCHED = ("result", "state", "availability", "status")
 
 
-def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["level=30", "song=Imagine"]`` -> ``{"level": 30, "song": "Imagine"}``.
+def parse_param(pair: str) -> tuple[str, Any]:
+    """``"level=30"`` -> ``("level", 30)``; ``"song=Imagine"`` -> ``("song", "Imagine")``.
 
-    A value is read as JSON when it is JSON (numbers, true, null, quoted text),
+    The value is read as JSON when it is JSON (numbers, true, null, quoted text),
     else taken as text.
 
     Raises:
-        ValueError: a pair without ``=``.
+        ValueError: no ``=``, or nothing before it.
     """
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got {pair!r}")
-        try:
-            params[key] = json.loads(text)
-        except ValueError:
-            params[key] = text
-    return params
+    key, sep, text = pair.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected key=value, got {pair!r}")
+    try:
+        return key, json.loads(text)
+    except ValueError:
+        return key, text
+
+
+def command_topic(settings: MqttSettings, device: str) -> str:
+    """Where commands for ``device`` go (``gateway`` for the gateway's own)."""
+    return f"{settings.base_topic}/{device}/command"
 
 
 async def send(
     settings: MqttSettings, device: str, action: str, params: dict[str, Any], wait: float
 ) -> dict[str, Any] | None:
-    """Publish a command with a fresh id and return its result, or None after ``wait`` s."""
-    topics = Topics(settings.base_topic)
+    """Publish a command with a fresh id and return its result, or None after ``wait`` s.
+
+    Raises:
+        ConnectionError: the broker cannot be reached, refused the login, or went away.
+        PublishRefusedError: the broker refused the command (MQTT 5: its ACL).
+    """
     command_id = f"cli-{uuid.uuid4().hex[:12]}"
     command = {"action": action, "params": params, "id": command_id}
+    result_topic = Topics(settings.base_topic).result(device)
     async with tool_client(settings) as client:
-        await client.subscribe(topics.result(device))
-        await client.publish(
-            f"{settings.base_topic}/{device}/command", json.dumps(command).encode()
-        )
+        await client.subscribe(result_topic)
+        await client.publish(command_topic(settings, device), json.dumps(command).encode())
         try:
             async with asyncio.timeout(wait):
                 async for message in client.messages():
-                    result: dict[str, Any] = json.loads(message.payload)
-                    if result.get("id") == command_id:
+                    if message.topic != result_topic:
+                        continue
+                    result = answer_to(message.payload, command_id, device, action)
+                    if result is not None:
                         return result
         except TimeoutError:
             return None
     return None
+
+
+def answer_to(payload: bytes, command_id: str, device: str, action: str) -> dict[str, Any] | None:
+    """The result in ``payload`` if it answers this command, else None.
+
+    Its id, device and action must all be the command's: anyone allowed to
+    publish on the result topic could send one with the right id only, and
+    a payload that is not a JSON object is nobody's answer.
+    """
+    try:
+        result = json.loads(payload)
+    except (ValueError, RecursionError):  # not UTF-8 is a ValueError too
+        return None
+    if not isinstance(result, dict):
+        return None
+    if (result.get("id"), result.get("device"), result.get("action")) != (
+        command_id,
+        device,
+        action,
+    ):
+        return None
+    return result
 
 
 async def watch(settings: MqttSettings, show: Callable[[str], None]) -> None:
