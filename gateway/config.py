@@ -5,15 +5,12 @@ This is the only module that reads the configuration file and the environment.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import typing
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,30 +20,54 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-from pydantic_settings.exceptions import SettingsError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.errors import format_path
-from gateway.graph import find_cycle
-from gateway.registry import AdapterRegistry, UnknownAdapterError
-from gateway.steps import Scene, check_steps
+from gateway import yaml_loader
+from gateway.config_checks import (
+    DEVICE_ID,
+    check_device_graph,
+    check_scenes,
+    describe_errors,
+    validate_devices,
+)
+from gateway.env_overrides import Overrides
+from gateway.steps import Scene
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from devices import DeviceConfig
+    from pydantic.fields import FieldInfo
 
-DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-RESERVED_IDS = frozenset({"gateway"})
+    from devices import DeviceConfig
+    from gateway.registry import AdapterRegistry
+
+__all__ = [  # the checks are here too, where their callers have always found them
+    "CONFIG_ENV_VAR",
+    "DEVICE_ID",
+    "ENV_PREFIX",
+    "Backoff",
+    "Config",
+    "ConfigError",
+    "GatewaySettings",
+    "HomeAssistantSettings",
+    "HttpSettings",
+    "LoggingSettings",
+    "MqttSettings",
+    "Settings",
+    "Tls",
+    "check_device_graph",
+    "check_scenes",
+    "describe_errors",
+    "environment_overrides",
+    "load_config",
+    "read_yaml",
+    "validate_devices",
+]
+
 ENV_PREFIX = "GATEWAY_"
-CONFIG_ENV_VAR = "GATEWAY_CONFIG"
-# libyaml's safe loader, when PyYAML was built with it, reads a large device list
-# about ten times faster than the pure-Python one.
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+CONFIG_ENV_VAR = "GATEWAY_CONFIG"  # names the file; not a setting
+# MQTT's longest password: Binary Data has a two-byte length (MQTT 5.0, 1.5.6).
+MAX_PASSWORD_BYTES = 65535
 
 
 class ConfigError(Exception):
@@ -84,6 +105,13 @@ class MqttSettings(_Section):
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
+    """Set from ``password_file`` when that is given."""
+    password_file: Path | None = None
+    """A file holding the password (one trailing newline dropped); not with ``password``.
+
+    Unlike ``GATEWAY_MQTT__PASSWORD``, a file's content is in no process's
+    environment, so no program the gateway starts inherits it.
+    """
     client_id: str = Field(default="iot-gateway", min_length=1)
     base_topic: str = Field(default="iot", pattern=r"^[^#+]+$")
     protocol: Literal["5", "3.1.1"] = "5"
@@ -144,14 +172,14 @@ class LoggingSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """The whole configuration, as the file and environment give it."""
+    """The whole configuration: keyword values (the file's) under the environment's.
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    ``Settings(**file)`` and ``Settings()`` merge the ``GATEWAY_*`` variables in
+    as ``load_config`` does; only ``load_config`` reports the variables that
+    name no setting.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     mqtt: MqttSettings = MqttSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -170,9 +198,38 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment variables override the file (passed as init values)."""
-        del settings_cls, dotenv_settings, file_secret_settings
-        return env_settings, init_settings
+        """One source: the keyword values with the environment merged in by ``Overrides``."""
+        del env_settings, dotenv_settings, file_secret_settings
+        return (_Overridden(settings_cls, init_settings),)
+
+
+class _Overridden(PydanticBaseSettingsSource):
+    """Another source's values with the environment's overrides merged in.
+
+    In place of pydantic-settings' own environment source, which ignores a
+    variable that names no setting and lets a variable hide a file's section
+    that is not a mapping.
+    """
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], values: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` gives every value at once."""
+        del field
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The values, overridden."""
+        return environment_overrides().applied_to(self._values())
+
+
+def environment_overrides() -> Overrides:
+    """What the ``GATEWAY_*`` variables set, and which of them name no setting."""
+    return Overrides.parse(os.environ, Settings, ENV_PREFIX, exempt={CONFIG_ENV_VAR})
 
 
 _SCENES: TypeAdapter[dict[str, Scene]] = TypeAdapter(dict[str, Scene])
@@ -187,18 +244,26 @@ class Config:
 
 
 def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
-    """Read, merge and check the configuration; raise ``ConfigError`` listing all."""
-    raw = read_yaml(path)
-    problems = _sections_not_mappings(raw) + _unknown_top_level_keys(raw)
-    raw = {key: value for key, value in raw.items() if key in Settings.model_fields}
+    """Read, merge and check the configuration; raise ``ConfigError`` listing all.
+
+    Environment variables ``GATEWAY_<SECTION>__<KEY>`` override the file; one
+    that names no setting is a problem too, and every problem that comes from
+    a variable names it.
+    """
+    overrides = environment_overrides()
+    file = read_yaml(path)
+    problems = [*overrides.problems, *_unknown_top_level_keys(file)]
+    file = {key: value for key, value in file.items() if key in Settings.model_fields}
     settings = None
     try:
-        settings = Settings(**raw)
+        settings = Settings(**file)
     except ValidationError as exc:
         problems += describe_errors(exc)
-    except SettingsError:  # an environment value for a section that is not JSON
-        problems += _env_not_json()
+    raw = overrides.applied_to(file)  # what Settings validated, for the parts of a failure
     # Check every part even when another is wrong, to report every problem.
+    mqtt = settings.mqtt if settings else _raw_mqtt(raw)
+    password, file_problems = _read_mqtt_files(mqtt) if mqtt else (None, [])
+    problems += file_problems
     entries = settings.devices if settings else _raw_list(raw, "devices")
     devices, device_problems = validate_devices(entries, registry)
     problems += device_problems
@@ -206,39 +271,11 @@ def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
     scenes = settings.scenes if settings else _raw_scenes(raw)
     problems += check_scenes(scenes, devices, registry)
     if problems or settings is None:
-        raise ConfigError(problems)
+        raise ConfigError(overrides.name_origins(problems))
+    if password is not None:
+        mqtt_settings = settings.mqtt.model_copy(update={"password": password})
+        settings = settings.model_copy(update={"mqtt": mqtt_settings})
     return Config(settings=settings, devices=tuple(devices.values()))
-
-
-def _env_not_json() -> list[str]:
-    """Name the ``GATEWAY_…`` variables that should hold JSON but do not parse."""
-    problems = []
-    for name, value in os.environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
-            continue
-        path = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
-        try:
-            json.loads(value)
-        except ValueError:
-            if _is_structured(path):
-                problems.append(f"{path}: {name} must be JSON for this setting")
-    return problems or ["environment: a GATEWAY_ variable holds invalid JSON"]
-
-
-def _is_structured(path: str) -> bool:
-    """Whether the setting at ``path`` is a section or a list (set by JSON)."""
-    model: type[BaseModel] = Settings
-    for part in path.split("."):
-        field = model.model_fields.get(part)
-        if field is None:
-            return False
-        inner = [t for t in typing.get_args(field.annotation) if t is not type(None)]
-        kind = inner[0] if inner and field.annotation is not None else field.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            model = kind
-            continue
-        return typing.get_origin(kind) in {tuple, list, dict}
-    return True
 
 
 def _unknown_top_level_keys(raw: Mapping[str, Any]) -> list[str]:
@@ -250,14 +287,72 @@ def _unknown_top_level_keys(raw: Mapping[str, Any]) -> list[str]:
     return [f"{key}: unknown key" for key in raw if key not in Settings.model_fields]
 
 
-def _sections_not_mappings(raw: Mapping[str, Any]) -> list[str]:
-    """A section given as a scalar, which an environment override could hide."""
-    sections = ("mqtt", "gateway", "http", "homeassistant", "logging")
-    return [
-        f"{name}: must be a mapping, not {type(raw[name]).__name__}"
-        for name in sections
-        if raw.get(name) is not None and not isinstance(raw[name], dict)
-    ]
+def _read_mqtt_files(mqtt: MqttSettings) -> tuple[SecretStr | None, list[str]]:
+    """The password from ``password_file``, and whatever stops the files being read."""
+    problems = _unreadable_tls_files(mqtt.tls)
+    if mqtt.password_file is None:
+        return None, problems
+    if mqtt.password is not None:
+        return None, [*problems, "mqtt.password_file: set either password or password_file"]
+    try:
+        return _read_password(mqtt.password_file), problems
+    except ValueError as exc:
+        return None, [*problems, f"mqtt.password_file: {exc}"]
+
+
+def _read_password(path: Path) -> SecretStr:
+    """The file's text less one trailing newline; ``ValueError`` says why not (never what)."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_PASSWORD_BYTES + 3)  # enough to tell "too long"
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    data = data[:-2] if data.endswith(b"\r\n") else data.removesuffix(b"\n")
+    if not data:
+        raise ValueError(f"{path} is empty")
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"{path}: longer than MQTT's {MAX_PASSWORD_BYTES:,} bytes")
+    try:
+        return SecretStr(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+
+
+def _unreadable_tls_files(tls: Tls | None) -> list[str]:
+    """TLS files that cannot be opened now; the broker connection would fail on them later."""
+    problems = []
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name, None)
+        why = _why_unreadable(path) if path is not None else None
+        if why is not None:
+            problems.append(f"mqtt.tls.{name}: cannot read {path}: {why}")
+    return problems
+
+
+def _why_unreadable(path: Path) -> str | None:
+    """Why ``path`` is no file this process can read, or None when it is."""
+    try:
+        # Non-blocking, so a named pipe cannot stall the check.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+    finally:
+        os.close(descriptor)
+    return "Is a directory" if is_dir else None
+
+
+def _raw_mqtt(raw: Mapping[str, Any]) -> MqttSettings | None:
+    """The ``mqtt`` section's file settings alone, when something else spoiled the whole."""
+    section = raw.get("mqtt")
+    if not isinstance(section, dict):
+        return None
+    files = {key: section[key] for key in ("password", "password_file", "tls") if key in section}
+    try:
+        return MqttSettings.model_validate(files)
+    except ValidationError:
+        return None  # reported by the whole's validation
 
 
 def _raw_list(raw: Mapping[str, Any], key: str) -> list[Any]:
@@ -287,94 +382,11 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     try:
-        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML{_yaml_position(exc)}"]) from None
-    except (ValueError, TypeError, RecursionError) as exc:  # e.g. a date like 2001-02-30
-        raise ConfigError([f"{path}: invalid YAML value: {type(exc).__name__}"]) from None
+        data = yaml_loader.load(text)
+    except yaml_loader.YamlError as exc:
+        raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping"])
     return {str(key): value for key, value in data.items()}
-
-
-def _yaml_position(exc: yaml.YAMLError) -> str:
-    """Where and what, without PyYAML's quote of the line (it may hold a secret)."""
-    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
-        return ""
-    mark = exc.problem_mark
-    return f" at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
-
-
-def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
-    """Turn pydantic errors into ``path: message`` lines, never echoing secrets."""
-    problems = []
-    for error in exc.errors(include_input=False, include_url=False):
-        path = prefix + format_path(error["loc"])
-        problems.append(f"{path}: {error['msg']}" if path else error["msg"])
-    return problems
-
-
-def validate_devices(
-    entries: Sequence[Any], registry: AdapterRegistry
-) -> tuple[dict[str, DeviceConfig], list[str]]:
-    """Validate each entry with its adapter's model; return the valid ones by id."""
-    devices: dict[str, DeviceConfig] = {}
-    problems: list[str] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(entries):
-        where = f"devices[{index}]"
-        if not isinstance(entry, dict):
-            continue  # reported by the settings' own validation
-        device_id = entry.get("id")
-        if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
-            problems.append(f"{where}.id: must match {DEVICE_ID.pattern}, got {device_id!r}")
-            continue
-        if device_id in RESERVED_IDS:
-            problems.append(f"{where}.id: {device_id!r} is reserved")
-            continue
-        if device_id in seen:
-            problems.append(f"{where}.id: duplicate device id {device_id!r}")
-            continue
-        seen.add(device_id)
-        try:
-            model = registry.get(str(entry.get("type"))).config_model
-            devices[device_id] = model.model_validate(entry)
-        except UnknownAdapterError as exc:
-            problems.append(f"{where}.type: {exc}")
-        except ValidationError as exc:
-            problems += describe_errors(exc, prefix=f"{where}.")
-    return devices, problems
-
-
-def check_device_graph(devices: Mapping[str, DeviceConfig], entries: Sequence[Any]) -> list[str]:
-    """Unknown dependencies and dependency cycles."""
-    mappings = [entry if isinstance(entry, dict) else {} for entry in entries]
-    known = {entry.get("id") for entry in mappings if isinstance(entry.get("id"), str)}
-    problems = []
-    for index, entry in enumerate(mappings):
-        depends_on = entry.get("depends_on")
-        if not isinstance(depends_on, list):
-            continue  # the entry's own validation reports it
-        problems += [
-            f"devices[{index}].depends_on: unknown device {dep!r}"
-            for dep in depends_on
-            if isinstance(dep, str) and dep not in known
-        ]
-    cycle = find_cycle({d.id: d.depends_on for d in devices.values()})
-    if cycle:
-        problems.append(f"devices: dependency cycle {' -> '.join(cycle)}")
-    return problems
-
-
-def check_scenes(
-    scenes: Mapping[str, Scene],
-    devices: Mapping[str, DeviceConfig],
-    registry: AdapterRegistry,
-) -> list[str]:
-    """Every scene's steps must name real devices, actions and step ids."""
-    problems = []
-    for name, scene in scenes.items():
-        problems += check_steps(scene.steps, devices, registry, where=f"scenes.{name}.steps")
-    return problems

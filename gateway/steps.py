@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from gateway.errors import CommandError, validate_params
-from gateway.graph import find_cycle
+from gateway.graph import find_cycles
 from gateway.registry import UnknownAdapterError
 
 if TYPE_CHECKING:
@@ -15,6 +16,21 @@ if TYPE_CHECKING:
 
     from devices import DeviceConfig
     from gateway.registry import AdapterRegistry
+
+
+MAX_STEPS = 256
+"""The most steps a scene or ``run_steps`` list may have.
+
+Far beyond any scene a person writes; it bounds the work one command may ask
+of the checks and of the event loop before anything is refused.
+"""
+
+
+def _at_most_max_steps(value: object) -> object:
+    """Refuse a list that is too long before any of its steps is validated."""
+    if isinstance(value, list | tuple) and len(value) > MAX_STEPS:
+        raise PydanticCustomError("too_many_steps", f"at most {MAX_STEPS} steps")
+    return value
 
 
 class Step(BaseModel):
@@ -29,12 +45,16 @@ class Step(BaseModel):
     after: tuple[str, ...] = ()
 
 
+StepList = Annotated[list[Step], BeforeValidator(_at_most_max_steps)]
+"""A ``run_steps`` list: its length is checked first, then each step."""
+
+
 class Scene(BaseModel):
     """A named list of steps from the configuration."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: tuple[Step, ...] = Field(min_length=1)
+    steps: Annotated[tuple[Step, ...], BeforeValidator(_at_most_max_steps)] = Field(min_length=1)
 
 
 def check_steps(
@@ -43,18 +63,25 @@ def check_steps(
     registry: AdapterRegistry,
     where: str = "steps",
 ) -> list[str]:
-    """Every problem with a step list, each named by its path; empty when it can run."""
+    """Every problem with a step list, each named by its path; empty when it can run.
+
+    Linear in steps plus ``after`` entries; a list over ``MAX_STEPS`` is refused
+    before anything else is looked at.
+    """
+    if len(steps) > MAX_STEPS:
+        return [f"{where}: at most {MAX_STEPS} steps"]
     problems: list[str] = []
-    ids = [step.id for step in steps]
+    ids = {step.id for step in steps}
+    seen: set[str] = set()
     for index, step in enumerate(steps):
         at = f"{where}[{index}]"
-        if step.id in ids[:index]:
+        if step.id in seen:
             problems.append(f"{at}.id: duplicate step id {step.id!r}")
+        seen.add(step.id)
         problems += [f"{at}.after: unknown step {dep!r}" for dep in step.after if dep not in ids]
         problems += _check_action(step, devices, registry, at)
-    cycle = find_cycle({step.id: step.after for step in steps})
-    if cycle:
-        problems.append(f"{where}: cycle {' -> '.join(cycle)}")
+    graph = {step.id: step.after for step in steps}
+    problems += [f"{where}: cycle {' -> '.join(cycle)}" for cycle in find_cycles(graph)]
     return problems
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import AdapterRegistry, Config, ConfigError, load_config
+from gateway import AdapterRegistry, Config, ConfigError, load_config, yaml_loader
 from gateway.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -565,21 +566,65 @@ def test_env_password_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize(
-    ("variable", "value", "fragment"),
+    ("variable", "value", "path"),
     [
-        ("GATEWAY_MQTT__PORT", "abc", "mqtt.port:"),
-        ("GATEWAY_MQTT__PORT", "0", "mqtt.port:"),
-        ("GATEWAY_MQTT__RECONNECT__MAX_DELAY", "-1", "mqtt.reconnect.max_delay:"),
-        ("GATEWAY_GATEWAY__QUEUE_SIZE", "many", "gateway.queue_size:"),
-        ("GATEWAY_MQTT__HOTS", "x", "mqtt.hots:"),
+        ("GATEWAY_MQTT__PORT", "abc", "mqtt.port"),
+        ("GATEWAY_MQTT__PORT", "0", "mqtt.port"),
+        ("GATEWAY_MQTT__RECONNECT__MAX_DELAY", "-1", "mqtt.reconnect.max_delay"),
+        ("GATEWAY_GATEWAY__QUEUE_SIZE", "many", "gateway.queue_size"),
+        ("GATEWAY_MQTT__RECONNECT", '{"max_delay": 0}', "mqtt.reconnect.max_delay"),
+        ("GATEWAY_DEVICES", '[{"id": "hub", "type": "nope"}]', "devices[0].type"),
     ],
 )
-def test_bad_env_value_exits_78_naming_the_path(
-    tmp_path: Path, variable: str, value: str, fragment: str
+def test_bad_env_value_exits_78_naming_the_path_and_the_variable(
+    tmp_path: Path, variable: str, value: str, path: str
 ) -> None:
-    path = write(tmp_path, cfg())
-    assert check_config(path).returncode == 0
-    assert_rejected(check_config(path, **{variable: value}), fragment)
+    config = write(tmp_path, cfg())
+    assert check_config(config).returncode == 0
+    assert_rejected(check_config(config, **{variable: value}), f"{path} (from {variable}):")
+
+
+def test_a_file_value_beside_a_variable_is_not_blamed_on_it(tmp_path: Path) -> None:
+    config = write(tmp_path, cfg(mqtt={"reconnect": {"min_delay": 0}}))
+    result = check_config(config, GATEWAY_MQTT__RECONNECT='{"max_delay": 5}')
+    assert_rejected(result, "mqtt.reconnect.min_delay:")
+    assert "from GATEWAY" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("GATEWAY_MQT__HOST", "GATEWAY_MQTT__HOST"),
+        ("GATEWAY_MQTT_HOST", "GATEWAY_MQTT__HOST"),
+        ("GATEWAY_MQTT__HOTS", "GATEWAY_MQTT__HOST"),
+        ("GATEWAY_MQTT__RECONNECT__MAX_DELAI", "GATEWAY_MQTT__RECONNECT__MAX_DELAY"),
+        ("GATEWAY_MQTT__HOST__NAME", None),
+        ("GATEWAY_DEVICES__0__ID", None),
+        ("GATEWAY_", None),
+        ("gateway_config", None),
+    ],
+)
+def test_a_variable_that_names_no_setting_is_an_error(
+    tmp_path: Path, variable: str, meant: str | None
+) -> None:
+    result = check_config(write(tmp_path, cfg()), **{variable: "x"})
+    assert_rejected(result, f"{variable}: no such setting")
+    if meant is not None:
+        assert f"did you mean {meant}?" in result.stderr
+
+
+def test_variables_that_name_settings_are_accepted(tmp_path: Path) -> None:
+    scene = {"steps": [{"id": "on", "device": "hub", "action": "turn_on"}]}
+    result = check_config(
+        write(tmp_path, cfg()),
+        GATEWAY_CONFIG=str(tmp_path / "ignored.yaml"),
+        gateway_mqtt__host="127.0.0.1",
+        GATEWAY_MQTT__TLS="null",
+        GATEWAY_HTTP__PORT="0",
+        GATEWAY_SCENES__MORNING=json.dumps(scene),
+        GATEWAY_LOGGING='{"format": "json"}',
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -756,3 +801,401 @@ def test_dependency_on_an_invalid_device_is_not_called_unknown(tmp_path: Path) -
     result = check_config(write(tmp_path, data))
     assert_rejected(result, "devices[0].latency:")
     assert "unknown device 'hub'" not in result.stderr
+
+
+# --- deep and cyclic graphs -------------------------------------------------------------
+
+
+def check_config_process(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``iot-gateway check-config -c PATH`` as its own process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=clean_env(**env),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def step_chain(count: int, *, cycle: bool = False) -> list[dict[str, Any]]:
+    """Steps s0 after s1 after s2 ...: listed last one first; ``cycle``: the last after s0."""
+    steps = [{**ON, "id": f"s{i}", "after": [f"s{i + 1}"]} for i in range(count - 1)]
+    return [*steps, {**ON, "id": f"s{count - 1}", "after": ["s0"] if cycle else []}]
+
+
+def device_chain(count: int) -> list[dict[str, Any]]:
+    """d0 <- d1 <- ... <- d(count - 1), each depending on the one before."""
+    devices = [{"id": f"d{i}", "type": "simulated.switch"} for i in range(count)]
+    return [{**d, "depends_on": [f"d{i - 1}"]} if i else d for i, d in enumerate(devices)]
+
+
+@pytest.mark.parametrize("cycle", [False, True], ids=["chain", "cycle"])
+def test_a_thousand_step_scene_is_refused_in_one_line(tmp_path: Path, *, cycle: bool) -> None:
+    result = check_config_process(write(tmp_path, scene(*step_chain(1000, cycle=cycle))))
+    assert_rejected(result, "scenes.morning.steps: at most 256 steps")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_longest_scene_allowed_may_be_a_chain(tmp_path: Path) -> None:
+    config = load(write(tmp_path, scene(*step_chain(256))))
+    assert len(config.settings.scenes["morning"].steps) == 256
+
+
+def test_a_cycle_through_the_longest_scene_is_named(tmp_path: Path) -> None:
+    result = check_config(write(tmp_path, scene(*step_chain(256, cycle=True))))
+    assert_rejected(result, "scenes.morning.steps: cycle s0 -> s1 -> s2 -> ")
+    assert " -> s255 -> s0\n" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_chain_of_500_devices_is_refused_naming_where_it_is_too_deep(
+    tmp_path: Path, command: str
+) -> None:
+    path = write(tmp_path, cfg(devices=device_chain(500)))
+    # `run` as a process too: a traceback there ended the run with exit 1.
+    result = cli("run", "-c", str(path)) if command == "run" else check_config_process(path)
+    assert_rejected(
+        result,
+        "devices[65].depends_on: a chain of dependencies deeper than 64 (d65 -> ... -> d0)",
+    )
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_chain_64_dependencies_deep_is_allowed(tmp_path: Path) -> None:
+    config = load(write(tmp_path, cfg(devices=device_chain(65))))
+    assert config.devices[-1].depends_on == ("d63",)
+
+
+def test_each_place_a_chain_gets_too_deep_is_named_once(tmp_path: Path) -> None:
+    devices = [
+        *device_chain(66),
+        {"id": "x", "type": "simulated.switch", "depends_on": ["d64"]},  # 65: too deep
+        {"id": "y", "type": "simulated.switch", "depends_on": ["x", "d65"]},  # above both
+    ]
+    result = check_config(write(tmp_path, cfg(devices=devices)))
+    problems = result.stderr.splitlines()
+    assert [p.split(":")[1] for p in problems] == [
+        " devices[65].depends_on",
+        " devices[66].depends_on",
+    ]
+
+
+def test_every_dependency_cycle_is_listed(tmp_path: Path) -> None:
+    def switch(device_id: str, *depends_on: str) -> dict[str, Any]:
+        return {"id": device_id, "type": "simulated.switch", "depends_on": list(depends_on)}
+
+    devices = [
+        HUB,
+        switch("a", "b"),
+        switch("b", "a"),
+        switch("self", "self"),
+        switch("c1", "hub", "c2"),
+        switch("c2", "c3"),
+        switch("c3", "c1"),
+        switch("after", "a", "c1"),  # waits on two cycles, is on none
+    ]
+    result = check_config(write(tmp_path, cfg(devices=devices)))
+    assert_rejected(result)
+    assert result.stderr.splitlines() == [
+        "config error: devices: dependency cycle a -> b -> a",
+        "config error: devices: dependency cycle self -> self",
+        "config error: devices: dependency cycle c1 -> c2 -> c3 -> c1",
+    ]
+
+
+def test_every_step_cycle_is_listed(tmp_path: Path) -> None:
+    steps = [
+        {**ON, "id": "x", "after": ["y"]},
+        {**ON, "id": "y", "after": ["x"]},
+        {**ON, "id": "z", "after": ["z"]},
+    ]
+    result = check_config(write(tmp_path, scene(*steps)))
+    assert result.stderr.splitlines() == [
+        "config error: scenes.morning.steps: cycle x -> y -> x",
+        "config error: scenes.morning.steps: cycle z -> z",
+    ]
+
+
+# --- YAML that PyYAML accepts but a configuration must not ------------------------------
+
+TWO_MQTT = """\
+mqtt:
+  host: 127.0.0.1
+  port: 1
+  tls: {ca_file: /etc/ssl/ca.pem}
+devices: []
+mqtt:
+  host: 127.0.0.1
+"""
+
+
+def write_text(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(params=["libyaml", "python"])
+def yaml_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each check runs on libyaml's parser and on PyYAML's own (used when libyaml is absent)."""
+    if request.param == "python":
+        monkeypatch.setattr(yaml_loader, "_Loader", yaml_loader._PythonLoader)  # noqa: SLF001
+
+
+@pytest.mark.usefixtures("yaml_parser")
+def test_a_second_section_is_an_error_not_a_silent_replacement(tmp_path: Path) -> None:
+    path = write_text(tmp_path, TWO_MQTT)
+    result = check_config(path)
+    assert_rejected(result, f"{path}: duplicate key 'mqtt' at line 6")
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.usefixtures("yaml_parser")
+def test_duplicate_keys_at_any_depth_are_all_listed(tmp_path: Path) -> None:
+    text = """\
+mqtt:
+  host: 127.0.0.1
+  port: 1
+  reconnect: {min_delay: 1, min_delay: 2}
+  port: 2
+devices:
+  - {id: hub, type: simulated.switch}
+  - id: light
+    type: simulated.light
+    id: lamp
+scenes:
+  morning:
+    steps:
+      - {id: on, device: light, action: turn_on, params: {}, params: {}}
+"""
+    path = write_text(tmp_path, text)
+    assert_rejected(
+        check_config(path),
+        f"{path}: duplicate key 'min_delay' at line 4",
+        f"{path}: duplicate key 'port' at line 5",
+        f"{path}: duplicate key 'id' at line 10",
+        f"{path}: duplicate key 'params' at line 14",
+    )
+
+
+@pytest.mark.usefixtures("yaml_parser")
+def test_merge_keys_may_override_what_they_merge(tmp_path: Path) -> None:
+    text = """\
+mqtt: {host: 127.0.0.1, port: 1}
+devices:
+  - &switch {id: hub, type: simulated.switch, latency: 0.5}
+  - {<<: *switch, id: hall, latency: 0}
+"""
+    config = load(write_text(tmp_path, text))
+    assert [(d.id, d.model_dump()["latency"]) for d in config.devices] == [
+        ("hub", 0.5),
+        ("hall", 0),
+    ]
+
+
+def http_device_with_body(body: str) -> str:
+    """A config whose one device is an HTTP device with an action sending ``body`` (YAML)."""
+    return (
+        "mqtt: {host: 127.0.0.1, port: 1}\n"
+        "devices:\n"
+        "  - id: laugh\n"
+        "    type: http\n"
+        "    base_url: http://127.0.0.1:1\n"
+        "    actions:\n"
+        "      laugh:\n"
+        "        path: /laugh\n"
+        "        body:\n" + "".join(f"          {line}\n" for line in body.splitlines())
+    )
+
+
+def billion_laughs(levels: int) -> str:
+    """Each level a list of nine aliases of the one before: 9**levels strings from ~0.6 KB."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        aliases = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [{aliases}]")
+    return "\n".join(lines)
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    body = billion_laughs(9)
+    assert len(body) < 600
+    path = write_text(tmp_path, http_device_with_body(body))
+    # Before: pydantic copied the body's 387 million strings (past 60 s and 1.8 GB).
+    result = check_config_process(path)
+    assert_rejected(result, f"{path}: aliases expand the document by more than 1,000,000 nodes")
+
+
+@pytest.mark.usefixtures("yaml_parser")
+def test_an_alias_bomb_is_refused_by_either_parser(tmp_path: Path) -> None:
+    path = write_text(tmp_path, http_device_with_body(billion_laughs(9)))
+    assert_rejected(check_config(path), f"{path}: aliases expand the document by more than")
+
+
+def test_a_few_aliases_in_a_body_are_fine(tmp_path: Path) -> None:
+    config = load(write_text(tmp_path, http_device_with_body(billion_laughs(3))))
+    assert config.devices[0].id == "laugh"
+
+
+@pytest.mark.usefixtures("yaml_parser")
+def test_an_alias_of_a_long_string_counts_its_length(tmp_path: Path) -> None:
+    copies = ", ".join(["*big"] * 1000)
+    body = f"big: &big {'x' * 100_000}\ncopies: [{copies}]"
+    path = write_text(tmp_path, http_device_with_body(body))
+    assert_rejected(check_config(path), f"{path}: aliases expand the document by more than")
+
+
+@pytest.mark.usefixtures("yaml_parser")
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    path = write_text(tmp_path, http_device_with_body("loop: &loop [1, *loop]"))
+    assert_rejected(check_config(path), f"{path}: an alias inside its own anchor at line 10")
+
+
+def test_a_template_merged_into_many_devices_is_fine(tmp_path: Path) -> None:
+    template = "{id: s0, type: simulated.switch, latency: 0.5, fail_on: [toggle], timeout: 3}"
+    devices = "".join(f"  - {{<<: *switch, id: s{i}}}\n" for i in range(1, 10_000))
+    text = f"mqtt: {{host: 127.0.0.1, port: 1}}\ndevices:\n  - &switch {template}\n{devices}"
+    config = load(write_text(tmp_path, text))
+    assert len(config.devices) == 10_000
+    assert config.devices[-1].model_dump()["fail_on"] == ("toggle",)
+
+
+# --- files the configuration names ------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["ca_file", "cert_file", "key_file"])
+def test_a_missing_tls_file_is_named(tmp_path: Path, key: str) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here", encoding="utf-8")
+    missing = tmp_path / "missing.pem"
+    tls = {"ca_file": str(ca), key: str(missing)}
+    result = check_config(write(tmp_path, cfg(mqtt={"tls": tls})))
+    assert_rejected(result, f"mqtt.tls.{key}: cannot read {missing}: No such file or directory")
+
+
+def test_a_tls_file_that_is_a_directory_is_named(tmp_path: Path) -> None:
+    result = check_config(write(tmp_path, cfg(mqtt={"tls": {"ca_file": str(tmp_path)}})))
+    assert_rejected(result, f"mqtt.tls.ca_file: cannot read {tmp_path}: Is a directory")
+
+
+def test_a_tls_file_from_a_variable_names_the_variable(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    result = check_config(write(tmp_path, cfg()), GATEWAY_MQTT__TLS__CA_FILE=str(missing))
+    assert_rejected(result, "mqtt.tls.ca_file (from GATEWAY_MQTT__TLS__CA_FILE): cannot read")
+
+
+def test_readable_tls_files_pass(tmp_path: Path) -> None:
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    tls = {f"{n}_file": str(tmp_path / f"{n}.pem") for n in ("ca", "cert", "key")}
+    assert check_config(write(tmp_path, cfg(mqtt={"tls": tls}))).returncode == 0
+
+
+def test_tls_files_are_checked_beside_other_problems(tmp_path: Path) -> None:
+    data = cfg(mqtt={"tls": {"ca_file": str(tmp_path / "missing.pem")}}, logging={"level": "X"})
+    assert_rejected(check_config(write(tmp_path, data)), "mqtt.tls.ca_file:", "logging.level:")
+
+
+# --- mqtt.password_file -----------------------------------------------------------------
+
+
+def password_file(tmp_path: Path, content: bytes, name: str = "mqtt-password") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "password"),
+    [
+        (SECRET.encode(), SECRET),
+        (f"{SECRET}\n".encode(), SECRET),
+        (f"{SECRET}\r\n".encode(), SECRET),
+        (f"{SECRET}\n\n".encode(), f"{SECRET}\n"),
+        (b" spaced out ", " spaced out "),
+        ("pässwörd\n".encode(), "pässwörd"),
+    ],
+)
+def test_the_password_is_the_files_text_less_one_newline(
+    tmp_path: Path, content: bytes, password: str
+) -> None:
+    path = password_file(tmp_path, content)
+    settings = load(write(tmp_path, cfg(mqtt={"password_file": str(path)}))).settings
+    assert settings.mqtt.password is not None
+    assert settings.mqtt.password.get_secret_value() == password
+    assert SECRET not in repr(settings)
+
+
+def test_the_password_file_from_a_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = password_file(tmp_path, f"{SECRET}\n".encode())
+    monkeypatch.setenv("GATEWAY_MQTT__PASSWORD_FILE", str(path))
+    password = load(write(tmp_path, cfg())).settings.mqtt.password
+    assert password is not None
+    assert password.get_secret_value() == SECRET
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "is empty"),
+        (b"\n", "is empty"),
+        (b"\xff\xfe", "not UTF-8 text"),
+        (b"x" * 65536, "longer than MQTT's 65,535 bytes"),
+    ],
+)
+def test_a_password_file_that_holds_no_password_is_refused(
+    tmp_path: Path, content: bytes, why: str
+) -> None:
+    path = password_file(tmp_path, content)
+    result = check_config(write(tmp_path, cfg(mqtt={"password_file": str(path)})))
+    assert_rejected(result, "mqtt.password_file:")
+    assert why in result.stderr
+
+
+def test_an_unreadable_password_file_is_refused_by_check_config_and_run(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    path = write(tmp_path, cfg(mqtt={"password_file": str(missing)}))
+    line = f"mqtt.password_file: cannot read {missing}: No such file or directory"
+    assert_rejected(check_config(path), line)
+    assert_rejected(cli("run", "-c", str(path)), line)
+    from_variable = check_config(write(tmp_path, cfg()), GATEWAY_MQTT__PASSWORD_FILE=str(tmp_path))
+    assert_rejected(
+        from_variable,
+        f"mqtt.password_file (from GATEWAY_MQTT__PASSWORD_FILE): cannot read {tmp_path}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "env"),
+    [
+        pytest.param({"password": "x", "password_file": "PATH"}, {}, id="both-in-the-file"),
+        pytest.param(
+            {"password_file": "PATH"}, {"GATEWAY_MQTT__PASSWORD": "x"}, id="env-password"
+        ),
+        pytest.param({"password": "x"}, {"GATEWAY_MQTT__PASSWORD_FILE": "PATH"}, id="env-file"),
+    ],
+)
+def test_password_and_password_file_together_are_refused(
+    tmp_path: Path, mqtt: dict[str, str], env: dict[str, str]
+) -> None:
+    path = str(password_file(tmp_path, SECRET.encode()))
+    mqtt = {key: value.replace("PATH", path) for key, value in mqtt.items()}
+    env = {key: value.replace("PATH", path) for key, value in env.items()}
+    result = check_config(write(tmp_path, cfg(mqtt=mqtt)), **env)
+    assert_rejected(result, "mqtt.password_file")
+    assert "set either password or password_file" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_the_password_files_content_is_never_printed(tmp_path: Path) -> None:
+    path = password_file(tmp_path, SECRET.encode() + b"\xff")
+    data = cfg(mqtt={"password_file": str(path), "port": "abc"}, devices=[{"id": "Bad Id"}])
+    result = check_config(write(tmp_path, data))
+    assert_rejected(result, "mqtt.password_file:", "mqtt.port:", "devices[0].id:")
+    assert SECRET not in result.stdout + result.stderr
