@@ -1,4 +1,4 @@
-"""The deployment files: Dockerfile, docker-compose.yml and the broker config.
+"""The deployment files: Dockerfile, docker-compose.yml, the broker config, the unit's secrets.
 
 There is no Docker engine here, so the files are checked statically, and what
 they run that exists outside Docker (the broker config, the healthchecks, the
@@ -41,6 +41,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 GITIGNORE = ROOT / ".gitignore"
 ENV_EXAMPLE = ROOT / ".env.example"
+UNIT_FILE = ROOT / "systemd" / "iot-gateway.service"
+SYSTEMD_SOFT_NOFILE = 1024  # systemd's default soft open-file limit for services
 BROKER_CONF = ROOT / "mosquitto" / "compose.conf"
 HEALTHCHECK_ACL = ROOT / "mosquitto" / "healthcheck.acl"
 DEMO_CONFIG = ROOT / "examples" / "demo.yaml"
@@ -134,6 +136,38 @@ def compose_environment(name: str) -> dict[str, str]:
     return {
         key: interpolated(value, variables) for key, value in environment(service(name)).items()
     }
+
+
+def secret_variables(name: str) -> dict[str, str]:
+    """A service's secrets: container path -> the variable compose makes it from."""
+    declared = compose().get("secrets", {})
+    found = {}
+    for entry in service(name).get("secrets", []):
+        source = entry if isinstance(entry, str) else entry["source"]
+        target = source if isinstance(entry, str) else entry.get("target", source)
+        path = target if target.startswith("/") else f"/run/secrets/{target}"
+        assert set(declared[source]) == {"environment"}, f"{source}: made from a variable"
+        found[path] = declared[source]["environment"]
+    return found
+
+
+def container_environment(name: str, secrets_dir: Path) -> dict[str, str]:
+    """A service's environment as its container gets it, secrets included.
+
+    Each secret is written into ``secrets_dir`` as compose writes it into the
+    container (the variable's value exactly, mode 0444), and a variable naming
+    its container path names that file instead.
+    """
+    env = compose_environment(name)
+    variables = example_variables()
+    for container_path, variable in secret_variables(name).items():
+        host_path = secrets_dir / Path(container_path).name
+        host_path.write_text(variables[variable], encoding="utf-8")
+        host_path.chmod(0o444)
+        env = {
+            key: str(host_path) if value == container_path else value for key, value in env.items()
+        }
+    return env
 
 
 def seconds(duration: str) -> float:
@@ -321,15 +355,39 @@ def test_compose_secrets_come_from_the_environment_only() -> None:
     for service_name, spec in compose()["services"].items():
         for name, value in environment(spec).items():
             secret = name.upper().startswith(ENV_PREFIX) and setting_for(name) is SecretStr
-            if secret or "PASSWORD" in name.upper():
+            if secret or ("PASSWORD" in name.upper() and not name.upper().endswith("_FILE")):
                 # Interpolated by compose from the environment or .env: never a
                 # value written here (and so never in the image either).
                 assert REQUIRED_VARIABLE.fullmatch(value), f"{service_name}: {name}={value!r}"
     assert environment(service("gateway"))["GATEWAY_MQTT__USERNAME"] == "gateway"
-    # The gateway gets its own password, not the client's (no env_file either).
-    gateway_variables = REQUIRED_VARIABLE.findall(json.dumps(service("gateway")))
-    assert [name for name, _ in gateway_variables] == ["MQTT_GATEWAY_PASSWORD"]
+    # The gateway gets its own password, not the client's (no env_file either),
+    # and only as a secret made from the variable.
+    assert REQUIRED_VARIABLE.findall(json.dumps(service("gateway"))) == []
+    assert list(secret_variables("gateway").values()) == ["MQTT_GATEWAY_PASSWORD"]
     assert "env_file" not in service("gateway")
+
+
+def test_compose_gateway_password_is_a_secret_file_not_a_variable() -> None:
+    for spec in compose()["services"].values():
+        assert not any(
+            setting_for(n) is SecretStr for n in environment(spec) if n.startswith(ENV_PREFIX)
+        )
+    [secret_path] = secret_variables("gateway")
+    assert environment(service("gateway"))["GATEWAY_MQTT__PASSWORD_FILE"] == secret_path
+    assert setting_for("GATEWAY_MQTT__PASSWORD_FILE") is Path
+    # Every declared secret is given to a service, and each comes from a
+    # variable in .env.example that compose requires (with the message saying
+    # so) before it creates anything: a secret's own error is less helpful.
+    used = {v for name in compose()["services"] for v in secret_variables(name).values()}
+    assert len(used) == len(compose()["secrets"])
+    required = {
+        name
+        for spec in compose()["services"].values()
+        for value in environment(spec).values()
+        for name, _ in REQUIRED_VARIABLE.findall(value)
+    }
+    assert used <= required
+    assert used <= set(example_variables())
 
 
 def test_compose_required_variables_are_in_env_example() -> None:
@@ -467,6 +525,51 @@ def test_compose_broker_keeps_data_and_log_on_volumes() -> None:
         assert not path.startswith(AUTH_DIR + "/"), path
 
 
+# --- systemd unit ---------------------------------------------------------------
+
+
+def unit_service_settings() -> dict[str, list[str]]:
+    """The unit's [Service] keys, each with every value it is given."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for raw in UNIT_FILE.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_unit_passes_the_password_as_a_credential_file() -> None:
+    service_settings = unit_service_settings()
+    [credential] = service_settings["LoadCredential"]
+    name, _, source = credential.partition(":")
+    assert source.startswith("/etc/iot-gateway/")
+    variables = dict(
+        item.partition("=")[::2]
+        for value in service_settings["Environment"]
+        for item in value.split()
+    )
+    # %d is systemd's credentials directory, where the credential appears.
+    assert variables["GATEWAY_MQTT__PASSWORD_FILE"] == f"%d/{name}"
+    assert setting_for("GATEWAY_MQTT__PASSWORD_FILE") is Path
+    assert not [v for v in variables if setting_for_or_none(v) is SecretStr]
+
+
+def setting_for_or_none(name: str) -> Any:
+    """``setting_for``, or None for a variable that is no ``GATEWAY_`` setting."""
+    return setting_for(name) if name.upper().startswith(ENV_PREFIX) else None
+
+
+def test_unit_raises_the_open_file_limit() -> None:
+    [limit] = unit_service_settings()["LimitNOFILE"]
+    soft, _, hard = limit.partition(":")
+    assert int(soft) > SYSTEMD_SOFT_NOFILE
+    assert int(hard or soft) == int(soft)
+
+
 # --- Dockerfile -----------------------------------------------------------------
 
 
@@ -524,10 +627,10 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return {**env, **overrides}
 
 
-def test_demo_config_passes_check_config_with_the_compose_environment() -> None:
+def test_demo_config_passes_check_config_with_the_compose_environment(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", "-c", str(DEMO_CONFIG)],
-        env=clean_env(**compose_environment("gateway")),
+        env=clean_env(**container_environment("gateway", tmp_path)),
         capture_output=True,
         text=True,
         timeout=30,
@@ -748,10 +851,14 @@ def test_gateway_healthcheck_follows_the_gateway_status(
     config = tmp_path / "config.yaml"
     shutil.copy(DEMO_CONFIG, config)
     # As in the container: the image's GATEWAY_CONFIG and the compose environment
-    # (username, and the password from a .env made from .env.example), with the
-    # broker here instead of the `mosquitto` service.
-    compose_env = compose_environment("gateway")
-    assert compose_env["GATEWAY_MQTT__PASSWORD"] == example_variables()["MQTT_GATEWAY_PASSWORD"]
+    # (username, and the password file of the secret made from a .env copied from
+    # .env.example), with the broker here instead of the `mosquitto` service.
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    compose_env = container_environment("gateway", secrets_dir)
+    password_file = Path(compose_env["GATEWAY_MQTT__PASSWORD_FILE"])
+    assert password_file.read_text() == example_variables()["MQTT_GATEWAY_PASSWORD"]
+    assert not [name for name in compose_env if name.endswith("PASSWORD")]
     env = clean_env(
         **{
             **compose_env,
