@@ -29,7 +29,7 @@ from gateway.config import (
 )
 from gateway.http import HttpServerError
 from gateway.logs import setup_logging
-from gateway.mqtt import PublishRefusedError
+from gateway.mqtt import PublishRefusedError, SubscribeRefusedError
 from gateway.registry import AdapterRegistry
 from gateway.supervisor import Gateway, install_signal_handlers
 
@@ -150,15 +150,8 @@ def send(
     """Send one command and print its result: 0 on ok, 1 on an error result, 69 on none."""
     try:
         result = asyncio.run(tools.send(settings, device, action, params, wait))
-    except PublishRefusedError as exc:
-        topic = tools.command_topic(settings, device)
-        # Its message is "... to 'TOPIC': REASON"; said again here without the quotes.
-        reason = str(exc).removeprefix(f"the broker refused the publish to {topic!r}: ")
-        _say(
-            "send",
-            f"the broker refused the publish to {topic}: {reason};"
-            " check the username and the broker's ACL",
-        )
+    except (PublishRefusedError, SubscribeRefusedError) as exc:
+        _say("send", f"{exc}; check the username and the broker's ACL")
         return EXIT_UNAVAILABLE
     except ConnectionError as exc:
         _say("send", str(exc))
@@ -179,6 +172,9 @@ def watch(settings: MqttSettings) -> int:
         asyncio.run(tools.watch(settings, lambda line: print(line, flush=True)))  # noqa: T201
     except KeyboardInterrupt:
         return EXIT_OK
+    except SubscribeRefusedError as exc:
+        _say("watch", f"{exc}; check the username and the broker's ACL")
+        return EXIT_UNAVAILABLE
     except ConnectionError as exc:
         _say("watch", str(exc))
         return EXIT_UNAVAILABLE

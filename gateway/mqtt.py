@@ -498,6 +498,21 @@ def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
 class PublishRefusedError(Exception):
     """The broker acknowledged a publish with a failure reason (MQTT 5 PUBACK >= 0x80)."""
 
+    def __init__(self, topic: str, reason: str) -> None:
+        """Keep the topic and the broker's reason (``Not authorized``)."""
+        super().__init__(f"the broker refused the publish to {topic}: {reason}")
+        self.topic = topic
+        self.reason = reason
+
+
+class SubscribeRefusedError(Exception):
+    """The broker refused a subscription (SUBACK reason >= 0x80), e.g. by its ACL."""
+
+    def __init__(self, topic_filter: str, codes: list[int]) -> None:
+        """Keep the filter and the broker's reason codes."""
+        super().__init__(f"the broker refused the subscription to {topic_filter} (reason {codes})")
+        self.topic_filter = topic_filter
+
 
 class ToolClient:
     """A short-lived MQTT client for the command-line tools (``send``, ``watch``)."""
@@ -522,8 +537,15 @@ class ToolClient:
         self._paho.on_publish = on_publish
 
     async def subscribe(self, topic_filter: str) -> None:
-        """Subscribe at QoS 1."""
-        await self._client.subscribe(topic_filter, qos=1)
+        """Subscribe at QoS 1.
+
+        Raises:
+            SubscribeRefusedError: the broker refused it.
+        """
+        granted = await self._client.subscribe(topic_filter, qos=1)
+        codes = [code if isinstance(code, int) else code.value for code in granted]
+        if any(code >= 0x80 for code in codes):  # noqa: PLR2004 - MQTT 5 §3.9.3 failure codes
+            raise SubscribeRefusedError(topic_filter, codes)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and wait for the broker's acknowledgement.
@@ -549,14 +571,21 @@ class ToolClient:
         finally:
             self._acks.pop(info.mid, None)
         if reason is not None and reason.is_failure:
-            raise PublishRefusedError(f"the broker refused the publish to {topic!r}: {reason}")
+            raise PublishRefusedError(topic, str(reason))
 
     async def messages(self) -> AsyncIterator[Inbound]:
-        """Every message on the subscriptions."""
-        async for message in self._client.messages:
-            yield _inbound(
-                message.topic.value, message.payload, message.retain, message.properties
-            )
+        """Every message on the subscriptions.
+
+        Raises:
+            ConnectionError: the connection was lost.
+        """
+        try:
+            async for message in self._client.messages:
+                yield _inbound(
+                    message.topic.value, message.payload, message.retain, message.properties
+                )
+        except aiomqtt.MqttError as exc:
+            raise ConnectionError(f"lost the connection to the broker: {exc}") from exc
 
 
 @contextlib.asynccontextmanager
