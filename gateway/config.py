@@ -30,13 +30,11 @@ from gateway.config_checks import (
     describe_errors,
     validate_devices,
 )
-from gateway.env_overrides import Overrides
+from gateway.env_overrides import OverriddenSource, Overrides
 from gateway.steps import Scene
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-
-    from pydantic.fields import FieldInfo
 
     from devices import DeviceConfig
     from gateway.registry import AdapterRegistry
@@ -61,6 +59,7 @@ __all__ = [  # the checks are here too, where their callers have always found th
     "environment_overrides",
     "load_config",
     "read_yaml",
+    "settings_from_environment",
     "validate_devices",
 ]
 
@@ -200,31 +199,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """One source: the keyword values with the environment merged in by ``Overrides``."""
         del env_settings, dotenv_settings, file_secret_settings
-        return (_Overridden(settings_cls, init_settings),)
-
-
-class _Overridden(PydanticBaseSettingsSource):
-    """Another source's values with the environment's overrides merged in.
-
-    In place of pydantic-settings' own environment source, which ignores a
-    variable that names no setting and lets a variable hide a file's section
-    that is not a mapping.
-    """
-
-    def __init__(
-        self, settings_cls: type[BaseSettings], values: PydanticBaseSettingsSource
-    ) -> None:
-        super().__init__(settings_cls)
-        self._values = values
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        """Unused: ``__call__`` gives every value at once."""
-        del field
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        """The values, overridden."""
-        return environment_overrides().applied_to(self._values())
+        return (OverriddenSource(settings_cls, init_settings, environment_overrides),)
 
 
 def environment_overrides() -> Overrides:
@@ -272,10 +247,31 @@ def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
     problems += check_scenes(scenes, devices, registry)
     if problems or settings is None:
         raise ConfigError(overrides.name_origins(problems))
-    if password is not None:
-        mqtt_settings = settings.mqtt.model_copy(update={"password": password})
-        settings = settings.model_copy(update={"mqtt": mqtt_settings})
-    return Config(settings=settings, devices=tuple(devices.values()))
+    return Config(settings=_with_password(settings, password), devices=tuple(devices.values()))
+
+
+def settings_from_environment() -> Settings:
+    """The settings the ``GATEWAY_*`` variables alone give, for tools run without a file.
+
+    Checked as ``load_config`` checks them, ``mqtt.password_file`` read.
+    """
+    overrides = environment_overrides()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError(overrides.name_origins(describe_errors(exc))) from None
+    password, problems = _read_mqtt_files(settings.mqtt)
+    if overrides.problems or problems:
+        raise ConfigError(overrides.name_origins([*overrides.problems, *problems]))
+    return _with_password(settings, password)
+
+
+def _with_password(settings: Settings, password: SecretStr | None) -> Settings:
+    """``settings`` with the password read from ``password_file``, if there was one."""
+    if password is None:
+        return settings
+    mqtt = settings.mqtt.model_copy(update={"password": password})
+    return settings.model_copy(update={"mqtt": mqtt})
 
 
 def _unknown_top_level_keys(raw: Mapping[str, Any]) -> list[str]:

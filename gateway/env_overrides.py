@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+
+    from pydantic.fields import FieldInfo
 
 _SEPARATOR = "__"
 
@@ -98,6 +101,35 @@ class Overrides:
                 return self.origins[path]
             path = path[: max(path.rfind("."), path.rfind("["), 0)]
         return None
+
+
+class OverriddenSource(PydanticBaseSettingsSource):
+    """A settings source: another source's values with the overrides merged in.
+
+    In place of pydantic-settings' own environment source, which ignores a
+    variable that names no setting and lets a variable hide a file's section
+    that is not a mapping.
+    """
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        values: PydanticBaseSettingsSource,
+        overrides: Callable[[], Overrides],
+    ) -> None:
+        """``overrides`` is called each time settings are made: it reads the environment."""
+        super().__init__(settings_cls)
+        self._values = values
+        self._overrides = overrides
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` gives every value at once."""
+        del field
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The values, overridden."""
+        return self._overrides().applied_to(self._values())
 
 
 def _setting_type(model: type[BaseModel], path: Sequence[str]) -> Any:  # noqa: ANN401 - a type

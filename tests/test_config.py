@@ -18,9 +18,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from gateway import AdapterRegistry, Config, ConfigError, load_config, yaml_loader
 from gateway.cli import main
+from gateway.config import settings_from_environment
+from gateway.steps import MAX_STEPS, Step, StepList, check_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.yaml"
@@ -1199,3 +1202,50 @@ def test_the_password_files_content_is_never_printed(tmp_path: Path) -> None:
     result = check_config(write(tmp_path, data))
     assert_rejected(result, "mqtt.password_file:", "mqtt.port:", "devices[0].id:")
     assert SECRET not in result.stdout + result.stderr
+
+
+# --- the environment alone, for tools run without a file --------------------------------
+
+
+def test_settings_from_the_environment_alone_read_the_password_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_MQTT__PORT", "2883")
+    monkeypatch.setenv("GATEWAY_MQTT__PASSWORD_FILE", str(password_file(tmp_path, b"pw\n")))
+    settings = settings_from_environment()
+    assert settings.mqtt.port == 2883
+    assert settings.mqtt.password is not None
+    assert settings.mqtt.password.get_secret_value() == "pw"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("GATEWAY_MQTT_PORT", "1", "GATEWAY_MQTT_PORT: no such setting"),
+        ("GATEWAY_MQTT__PORT", "x", "mqtt.port (from GATEWAY_MQTT__PORT): "),
+        ("GATEWAY_MQTT__TLS", "x", "mqtt.tls (from GATEWAY_MQTT__TLS): must be JSON"),
+        ("GATEWAY_MQTT__PASSWORD_FILE", "/nonexistent", "mqtt.password_file (from GATEWAY_"),
+    ],
+)
+def test_settings_from_the_environment_alone_name_every_problem(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        settings_from_environment()
+    assert [p for p in caught.value.problems if p.startswith(problem)], caught.value.problems
+
+
+# --- step lists: the length first -------------------------------------------------------
+
+
+def test_a_step_list_over_the_limit_is_refused_before_its_steps_are_looked_at() -> None:
+    garbage = [{"no": "step"}] * (MAX_STEPS + 1)
+    with pytest.raises(ValidationError) as caught:
+        TypeAdapter(StepList).validate_python(garbage)
+    assert [e["msg"] for e in caught.value.errors()] == [f"at most {MAX_STEPS} steps"]
+    steps = [Step(id=f"s{i}", device="nowhere", action="x") for i in range(MAX_STEPS + 1)]
+    registry = AdapterRegistry.from_entry_points()
+    assert check_steps(steps, {}, registry, where="params.steps") == [
+        "params.steps: at most 256 steps"
+    ]
