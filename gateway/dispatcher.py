@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from gateway.commands import InvalidCommandError, Result, new_id, parse_command
 from gateway.dedupe import DedupeWindow
+from gateway.describe import register as register_describe
 from gateway.device_runner import Job
 from gateway.errors import CommandError, ErrorCode, validate_params
+from gateway.gateway_commands import GatewayCommands
 from gateway.logs import Throttle, shorten
 from gateway.messages import Inbound, Outbound
+from gateway.scenes import register as register_scenes
 from gateway.topics import GATEWAY
 
 if TYPE_CHECKING:
@@ -41,12 +44,13 @@ class Dispatcher:
         *,
         observe: Callable[[Result], None] = lambda _: None,
     ) -> None:
-        """Wire the dispatcher to the devices and the outbox."""
+        """Wire the dispatcher to the devices, the gateway's own commands and the outbox."""
         self._settings = settings
         self._topics = topics
         self._fleet = fleet
         self._publish = publish
-        self._scenes = scenes
+        self.gateway_commands = builtin_commands(fleet, scenes)
+        """What ``{base}/gateway/command`` answers; more may be registered before commands come."""
         self._observe = observe  # sees every result (metrics)
         self._dedupe = DedupeWindow(
             settings.dedupe_window, settings.dedupe_max_ids, settings.dedupe_max_bytes
@@ -130,8 +134,7 @@ class Dispatcher:
     def _prepare(self, device: str, command: Command) -> Callable[[], asyncio.Future[Result]]:
         """Check device, action and params; return what starts the command."""
         if device == GATEWAY:
-            plan = self._scenes.plan(command)
-            return lambda: self._scenes.start(command, plan)
+            return self.gateway_commands.prepare(command)
         runner = self._fleet.get(device)
         if runner is None:
             raise CommandError(ErrorCode.UNKNOWN_DEVICE, f"no device {device!r}")
@@ -175,6 +178,14 @@ class Dispatcher:
             refusal,
             f" ({held_back} more such lines held back)" if held_back else "",
         )
+
+
+def builtin_commands(fleet: Fleet, scenes: SceneRunner) -> GatewayCommands:
+    """The gateway's own commands: a new one is its module's ``register`` call here."""
+    commands = GatewayCommands()
+    register_scenes(commands, scenes)
+    register_describe(commands, devices=fleet.describe, scenes=scenes.describe)
+    return commands
 
 
 # Failures of the device are news for the operator; refusals of bad input are not.

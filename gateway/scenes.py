@@ -1,4 +1,4 @@
-"""Gateway commands: ``run_scene`` and ``run_steps``, run as a DAG of device commands.
+"""Gateway commands ``run_scene`` and ``run_steps``, run as a DAG of device commands.
 
 Each step starts the moment every step in its ``after`` has succeeded, and goes
 through its device's ordinary queue, so per-device order holds across scenes
@@ -13,23 +13,37 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter, ValidationError
-
+from devices import Params
 from gateway.commands import Command, Result
 from gateway.device_runner import Job
-from gateway.errors import CommandError, ErrorCode, format_path, validate_params
-from gateway.steps import Scene, Step, check_steps
+from gateway.errors import CommandError, ErrorCode, validate_params
+from gateway.steps import Scene, Step, StepList, check_steps
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
-    from devices import Params
     from gateway.device_runner import DeviceRunner
     from gateway.fleet import Fleet
+    from gateway.gateway_commands import Begin, GatewayCommands
     from gateway.registry import AdapterRegistry
 
-ACTIONS = ("run_scene", "run_steps")
-_STEP_LIST = TypeAdapter(list[Step])
+
+class RunScene(Params):
+    """``run_scene``: a scene of the configuration, by name."""
+
+    scene: str
+
+
+class RunSteps(Params):
+    """``run_steps``: an ad-hoc step list (at most ``MAX_STEPS`` steps)."""
+
+    steps: StepList
+
+
+def register(commands: GatewayCommands, runner: SceneRunner) -> None:
+    """Add ``run_scene`` and ``run_steps``, run by ``runner``."""
+    commands.register("run_scene", RunScene, runner.prepare_scene)
+    commands.register("run_steps", RunSteps, runner.prepare_steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +56,7 @@ class PlannedStep:
 
 
 class SceneRunner:
-    """Validates gateway commands and runs their steps; owns the running scenes."""
+    """Checks scenes and step lists, runs their steps; owns the running scenes."""
 
     def __init__(
         self, scenes: Mapping[str, Scene], fleet: Fleet, registry: AdapterRegistry
@@ -55,17 +69,36 @@ class SceneRunner:
         self._stop = asyncio.Event()
         self.closing = False
 
-    def describe_json(self) -> bytes:
-        """The retained ``gateway/scenes`` payload: each scene and its steps."""
-        listing = [
+    def describe(self) -> list[dict[str, Any]]:
+        """The ``gateway/scenes`` list: each scene and its steps."""
+        return [
             {"name": name, "steps": [step.model_dump() for step in scene.steps]}
             for name, scene in self._scenes.items()
         ]
-        return json.dumps(listing, separators=(",", ":")).encode()
 
-    def plan(self, command: Command) -> list[PlannedStep]:
-        """Check the whole command before any step runs (``invalid_params`` if not)."""
-        steps, where = self._steps_of(command)
+    def describe_json(self) -> bytes:
+        """``describe`` as the retained ``gateway/scenes`` payload."""
+        return json.dumps(self.describe(), separators=(",", ":")).encode()
+
+    def prepare_scene(self, command: Command, params: RunScene) -> Begin:
+        """Check a ``run_scene`` command; what it returns runs the scene."""
+        scene = self._scenes.get(params.scene)
+        if scene is None:
+            known = ", ".join(sorted(self._scenes)) or "none"
+            raise CommandError(
+                ErrorCode.INVALID_PARAMS,
+                f"params.scene: unknown scene {params.scene!r} ({known})",
+            )
+        plan = self.plan(scene.steps, where=f"scenes.{params.scene}.steps")
+        return lambda: self.start(command, plan)
+
+    def prepare_steps(self, command: Command, params: RunSteps) -> Begin:
+        """Check a ``run_steps`` command; what it returns runs its steps."""
+        plan = self.plan(params.steps, where="params.steps")
+        return lambda: self.start(command, plan)
+
+    def plan(self, steps: Sequence[Step], where: str) -> list[PlannedStep]:
+        """Check every step before any runs (``invalid_params``, naming each at ``where``)."""
         devices = {runner.id: runner.config for runner in self._fleet}
         problems = check_steps(steps, devices, self._registry, where=where)
         if problems:
@@ -77,32 +110,6 @@ class SceneRunner:
             params = validate_params(actions, step.action, step.params)
             planned.append(PlannedStep(step, runner, params))
         return planned
-
-    def _steps_of(self, command: Command) -> tuple[list[Step], str]:
-        params = command.params
-        if command.action == "run_scene":
-            name = params.get("scene")
-            if set(params) != {"scene"} or not isinstance(name, str):
-                raise CommandError(
-                    ErrorCode.INVALID_PARAMS, "run_scene takes exactly {'scene': <name>}"
-                )
-            if name not in self._scenes:
-                known = ", ".join(sorted(self._scenes)) or "none"
-                raise CommandError(
-                    ErrorCode.INVALID_PARAMS, f"params.scene: unknown scene {name!r} ({known})"
-                )
-            return list(self._scenes[name].steps), f"scenes.{name}.steps"
-        if command.action == "run_steps":
-            if set(params) != {"steps"}:
-                raise CommandError(ErrorCode.INVALID_PARAMS, "run_steps takes {'steps': [...]}")
-            try:
-                return _STEP_LIST.validate_python(params["steps"]), "params.steps"
-            except ValidationError as exc:
-                raise CommandError(ErrorCode.INVALID_PARAMS, _describe(exc)) from None
-        actions = ", ".join(ACTIONS)
-        raise CommandError(
-            ErrorCode.UNKNOWN_ACTION, f"the gateway has no action {command.action!r} ({actions})"
-        )
 
     def start(self, command: Command, plan: list[PlannedStep]) -> asyncio.Future[Result]:
         """Run a planned command in the background; the future gets its result."""
@@ -193,10 +200,3 @@ def _outcome(
         outcome["started_at"] = round(result.started_at, 3)
         outcome["finished_at"] = round(result.started_at + result.duration_ms / 1000, 3)
     return outcome
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{format_path(('params', 'steps', *e['loc']))}: {e['msg']}"
-        for e in exc.errors(include_url=False, include_input=False)
-    )

@@ -204,6 +204,20 @@ async def test_bad_step_lists_are_rejected_before_anything_runs(
             "gateway", {"action": "run_scene", "params": {"scene": "nope"}}
         )
         assert unknown["error"]["code"] == "invalid_params"
+        assert "params.scene: unknown scene 'nope'" in unknown["error"]["message"]
+        for params, field in [
+            ({}, "params.scene"),
+            ({"scene": 5}, "params.scene"),
+            ({"scene": "morning", "at": 7}, "params.at"),
+        ]:
+            bad = await probe.command("gateway", {"action": "run_scene", "params": params})
+            assert bad["error"]["code"] == "invalid_params", bad
+            assert field in bad["error"]["message"], bad
+        await assert_rejected(probe, [ok_first] * 257, "params.steps: at most 256 steps")
+        extra = await probe.command(
+            "gateway", {"action": "run_steps", "params": {"steps": [ok_first], "dry": True}}
+        )
+        assert "params.dry" in extra["error"]["message"], extra
         other = await probe.command("gateway", {"action": "reboot"})
         assert other["error"]["code"] == "unknown_action"
         # Nothing ran: the first (valid) step of each list never switched `a` on.
