@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from gateway.commands import Result
     from gateway.fleet import Fleet
-    from gateway.mqtt import MqttSession
+    from gateway.session import MqttSession
 
 PREFIX = "iot_gateway"
 # Commands for a device the gateway does not have share one label value: the

@@ -15,8 +15,9 @@ from gateway.http import HttpServer
 from gateway.leftovers import Leftovers
 from gateway.messages import Inbound, Outbound, Outbox
 from gateway.metrics import Metrics
-from gateway.mqtt import MqttSession
+from gateway.mqtt import AiomqttTransport
 from gateway.scenes import SceneRunner
+from gateway.session import MqttSession
 from gateway.systemd import Notifier
 from gateway.topics import Topics
 
@@ -61,13 +62,13 @@ class Gateway:
         )
         self.leftovers = Leftovers(self.topics, (device.id for device in config.devices))
         watched = [self.leftovers.topic, *(self.discovery.watched if self.discovery else [])]
-        self.session = MqttSession(
+        transport = AiomqttTransport(
             settings.mqtt,
-            self.topics,
-            self.outbox,
-            self,
-            watch=watched,
+            will_topic=self.topics.status,
             max_payload_bytes=settings.gateway.max_payload_bytes,
+        )
+        self.session = MqttSession(
+            settings.mqtt, self.topics, self.outbox, self, transport, watch=watched
         )
         self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
         self.dispatcher = Dispatcher(
