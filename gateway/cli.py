@@ -14,18 +14,14 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import ValidationError
-from pydantic_settings.exceptions import SettingsError
-
 from gateway import tools
 from gateway.config import (
     CONFIG_ENV_VAR,
     DEVICE_ID,
     ConfigError,
-    Settings,
-    describe_errors,
     load_config,
     read_yaml,
+    settings_from_environment,
 )
 from gateway.http import HttpServerError
 from gateway.logs import setup_logging
@@ -112,7 +108,7 @@ def tool_settings(args: argparse.Namespace) -> MqttSettings:
     if path:
         settings = load_config(path, AdapterRegistry.from_entry_points()).settings
     else:
-        settings = _environment_settings()
+        settings = settings_from_environment()
     flags = {name: value for name in BROKER_FLAGS if (value := getattr(args, name)) is not None}
     mqtt = settings.mqtt.model_copy(update=flags)
     gateway_user = _file_username(path) if path else None
@@ -125,16 +121,6 @@ def tool_settings(args: argparse.Namespace) -> MqttSettings:
             " (--username, GATEWAY_MQTT__USERNAME)",
         )
     return mqtt
-
-
-def _environment_settings() -> Settings:
-    """The settings the ``GATEWAY_*`` variables alone give."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise ConfigError(describe_errors(exc)) from None
-    except SettingsError:  # a section set by a variable that is not JSON
-        raise ConfigError(["environment: a GATEWAY_ variable holds invalid JSON"]) from None
 
 
 def _file_username(path: str) -> str | None:

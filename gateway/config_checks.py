@@ -105,7 +105,7 @@ def _too_deep(
     found = []
     for index, entry in enumerate(entries):
         device_id = entry.get("id")
-        if device_id in too_deep:
+        if isinstance(device_id, str) and device_id in too_deep:  # an id may be any YAML
             too_deep.discard(device_id)  # a duplicate id is reported as such, not here
             bottom = device_id
             while depth[bottom]:  # down the longest chain, to a device with no dependency
