@@ -287,3 +287,36 @@ async def test_sigterm_during_a_scene_still_answers_it(
         assert result["steps"]["first"]["status"] == "ok"
         assert result["steps"]["slow"]["error"]["code"] == "cancelled"
         assert result["steps"]["later"]["error"]["code"] == "cancelled"
+
+
+async def test_huge_step_lists_are_answered_quickly_without_stalling_others(
+    make_config: Callable[..., Config], probe: Probe
+) -> None:
+    devices = slow_switches(("a", 0), ("b", 0))
+    # 1,000 steps in a chain listed last step first, and a 1,000-step cycle: each
+    # once hit Python's recursion limit (no answer at all) after ~44 ms of work.
+    chain = [
+        {"id": f"s{i}", "device": "a", "action": "turn_on", "after": [f"s{i - 1}"]}
+        for i in range(999, 0, -1)
+    ]
+    chain.append({"id": "s0", "device": "a", "action": "turn_on"})
+    cycle = [
+        {"id": f"s{i}", "device": "a", "action": "turn_on", "after": [f"s{(i + 1) % 1000}"]}
+        for i in range(1000)
+    ]
+    config = make_config(devices=devices, gateway={"max_payload_bytes": 200_000})
+    async with started(config, probe):
+        began = time.monotonic()
+        for index in range(100):
+            steps = chain if index % 2 else cycle
+            await probe.publish(
+                "iot/gateway/command",
+                {"action": "run_steps", "params": {"steps": steps}, "id": f"huge-{index}"},
+            )
+        other = await probe.command("b", {"action": "toggle"}, timeout=10)
+        assert other["status"] == "ok"
+        for index in range(100):
+            result = await probe.result("gateway", f"huge-{index}")
+            assert result["error"]["code"] == "invalid_params", result
+            assert "at most 256 steps" in result["error"]["message"]
+        assert time.monotonic() - began < 10
