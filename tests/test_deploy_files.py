@@ -398,7 +398,7 @@ def test_compose_required_variables_are_in_env_example() -> None:
         if REQUIRED_VARIABLE.search(value)
     ]
     names = {name for value in values for name, _ in REQUIRED_VARIABLE.findall(value)}
-    assert names == {"MQTT_GATEWAY_PASSWORD", "MQTT_CLIENT_PASSWORD"}
+    assert names == {"MQTT_GATEWAY_PASSWORD", "MQTT_CLIENT_PASSWORD", "MQTT_WATCHER_PASSWORD"}
     assert set(example_variables()) == names
     assert all(example_variables().values())
     for value in values:
@@ -469,7 +469,7 @@ def test_compose_broker_waits_for_its_password_file() -> None:
     # Every user the ACL names gets a password.
     acl = host_file("mosquitto", listener_option(CLIENT_PORT, "acl_file"))
     users = [d[1] for d in directives(acl) if d[0] == "user"]
-    assert users == ["gateway", "client"]
+    assert users == ["gateway", "client", "watcher"]
     for user in users:
         assert re.search(rf"mosquitto_passwd .*-b \S+ {user} ", script), user
 

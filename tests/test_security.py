@@ -103,7 +103,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 def with_more_clients(acl: str) -> str:
     """The ACL, plus its ``user client`` block again for each of ``MORE_CLIENTS``."""
-    block = acl[acl.index("user client\n") : acl.index("# --- Every user")]
+    start = acl.index("user client\n")
+    block = acl[start : acl.index("# ---", start)]
     assert "topic write iot/+/command" in block, block
     extra = [block.replace("user client", f"user {name}", 1) for name in MORE_CLIENTS]
     return "\n".join([acl, *extra])
