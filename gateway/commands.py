@@ -115,6 +115,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
+def as_duplicate(payload: bytes) -> bytes:
+    """A result payload answering a repeated id: the same, with ``"duplicate": true``."""
+    body = json.loads(payload)
+    body["duplicate"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """The one answer to a command message."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -16,20 +15,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# A finished command as its repeats are answered: the result's payload (with
-# duplicate set to true), its error code and message. A plain tuple of plain values,
+# A finished command as its repeats are answered: the result's payload (as first
+# published), its error code and message. A plain tuple of plain values,
 # which the garbage collector stops tracking: 100,000 remembered Results
 # (objects, dicts, futures) made every full collection a pause of tens of
 # milliseconds, the gateway's latency tail.
 Answered = tuple[bytes, str | None, str]
-
-
-def answered(result: Result) -> Answered:
-    """The compact form of a finished command's ``result``."""
-    error = result.error
-    if error is None:
-        return (result.to_json(duplicate=True), None, "")
-    return (result.to_json(duplicate=True), error.code.value, error.message)
 
 
 # Bytes an entry costs beyond its payload: its key, tuples, the ordered dict's node.
@@ -81,15 +72,22 @@ class DedupeWindow:
         size = ENTRY_OVERHEAD + len(device) + len(command_id)
         self._seen[key] = (now, result, size)
         self._bytes += size
-        result.add_done_callback(functools.partial(self._answered, key))
         self._keep_within_bounds(now)
 
-    def _answered(self, key: tuple[str, str], result: asyncio.Future[Result]) -> None:
+    def answered(self, device: str, command_id: str, result: Result, payload: bytes) -> None:
+        """The command remembered as ``device``/``command_id`` was answered with ``payload``.
+
+        Its result is kept as plain values from now on (see ``Answered``).
+        """
+        key = (device, command_id)
         entry = self._seen.get(key)
-        if entry is None or entry[1] is not result or result.cancelled():
+        if entry is None or isinstance(entry[1], tuple):
             return
-        compact = answered(result.result())
-        size = ENTRY_OVERHEAD + len(key[0]) + len(key[1]) + len(compact[0]) + len(compact[2])
+        error = result.error
+        compact: Answered = (
+            (payload, None, "") if error is None else (payload, error.code.value, error.message)
+        )
+        size = ENTRY_OVERHEAD + len(device) + len(command_id) + len(payload) + len(compact[2])
         self._seen[key] = (entry[0], compact, size)
         self._bytes += size - entry[2]
         self._keep_within_bounds(time.monotonic())

@@ -6,14 +6,14 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.commands import InvalidCommandError, Result, new_id, parse_command
+from gateway.commands import InvalidCommandError, Result, as_duplicate, new_id, parse_command
 from gateway.dedupe import DedupeWindow
 from gateway.describe import register as register_describe
 from gateway.device_runner import Job
 from gateway.errors import CommandError, ErrorCode, validate_params
 from gateway.gateway_commands import GatewayCommands
 from gateway.logs import Throttle, shorten
-from gateway.messages import Inbound, Outbound
+from gateway.messages import Inbound, Outbound, answering
 from gateway.scenes import register as register_scenes
 from gateway.topics import GATEWAY
 
@@ -120,7 +120,7 @@ class Dispatcher:
         start = self._prepare(device, command)
         first_run = self._dedupe.get(device, command.id)
         if isinstance(first_run, tuple):
-            answer(_repeat(device, command, first_run), first_run[0])
+            answer(_repeat(device, command, first_run), as_duplicate(first_run[0]))
             return
         if first_run is not None:
             _when_done(first_run, lambda result: answer(_as_duplicate(result)))
@@ -129,7 +129,13 @@ class Dispatcher:
             raise CommandError(ErrorCode.CANCELLED, "the gateway is shutting down")
         done = start()
         self._dedupe.remember(device, command.id, done)
-        _when_done(done, answer)
+
+        def first_run_answered(result: Result) -> None:
+            payload = result.to_json()  # once: published, and kept for repeats
+            self._dedupe.answered(device, command.id, result, payload)
+            answer(result, payload)
+
+        _when_done(done, first_run_answered)
 
     def _prepare(self, device: str, command: Command) -> Callable[[], asyncio.Future[Result]]:
         """Check device, action and params; return what starts the command."""
@@ -155,7 +161,7 @@ class Dispatcher:
         if payload is None:
             payload = result.to_json()
         topic = self._topics.result(result.device)
-        self._publish(Outbound(topic, payload, on_sent=message.settle))
+        self._publish(answering(message, topic, payload))
         if message.response_topic:
             refusal = self._topics.response_topic_refusal(message.response_topic)
             if refusal is None:

@@ -51,6 +51,15 @@ class Outbound:
     """Called once the broker has acknowledged it."""
 
 
+def answering(message: Inbound, topic: str, payload: bytes) -> Outbound:
+    """The result of ``message``: once the broker has it, ``message`` gets its PUBACK.
+
+    This is the link "result published, then command acknowledged" that makes a
+    gateway killed before it leave the command in its session (see acks.py).
+    """
+    return Outbound(topic, payload, on_sent=message.settle)
+
+
 class Outbox:
     """Messages waiting for the broker, in order; they survive a lost connection.
 

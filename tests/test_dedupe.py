@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING
 
-from gateway.commands import Result
+from gateway.commands import Result, as_duplicate
 from gateway.dedupe import ENTRY_OVERHEAD, DedupeWindow
 from gateway.errors import CommandError, ErrorCode
 
@@ -15,10 +16,12 @@ if TYPE_CHECKING:
 
 
 def finished(window: DedupeWindow, command_id: str, state: dict[str, str]) -> None:
-    """Remember ``command_id`` and finish it with ``state``."""
+    """Remember ``command_id`` and answer it with ``state``, as the dispatcher does."""
     done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
     window.remember("speaker", command_id, done)
-    done.set_result(Result(id=command_id, device="speaker", action="play", state=state))
+    result = Result(id=command_id, device="speaker", action="play", state=state)
+    done.set_result(result)
+    window.answered("speaker", command_id, result, result.to_json())
 
 
 async def settle() -> None:
@@ -38,7 +41,7 @@ async def test_large_results_are_bounded_in_bytes_forgetting_the_oldest_first(
     assert window.get("speaker", "c0") is None
     newest = window.get("speaker", "c99")
     assert isinstance(newest, tuple)
-    assert b'"duplicate":true' in newest[0]
+    assert b'"id":"c99"' in newest[0]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "gateway.dedupe_max_bytes" in warnings[0].getMessage()
@@ -63,8 +66,8 @@ async def test_a_pending_command_is_found_and_its_error_kept_compact() -> None:
     window.remember("speaker", "p", done)
     assert window.get("speaker", "p") is done
     error = CommandError(ErrorCode.PRECONDITION_FAILED, "the speaker is off")
-    done.set_result(Result(id="p", device="speaker", action="play", error=error))
-    await settle()
+    result = Result(id="p", device="speaker", action="play", error=error)
+    window.answered("speaker", "p", result, result.to_json())
     stored = window.get("speaker", "p")
     assert isinstance(stored, tuple)
     assert stored[1:] == ("precondition_failed", "the speaker is off")
@@ -78,3 +81,9 @@ async def test_ids_are_forgotten_after_the_window() -> None:
     await asyncio.sleep(0.1)  # the window itself is what is tested: let it pass
     assert window.get("speaker", "old") is None
     assert window.size_bytes == 0
+
+
+def test_a_repeat_is_the_first_payload_marked_duplicate() -> None:
+    result = Result(id="r", device="speaker", action="play", state={"playing": "é ♪"})
+    repeat = json.loads(as_duplicate(result.to_json()))
+    assert repeat == {**json.loads(result.to_json()), "duplicate": True}
