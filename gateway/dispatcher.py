@@ -11,6 +11,7 @@ from gateway.dedupe import DedupeWindow
 from gateway.describe import register as register_describe
 from gateway.device_runner import Job
 from gateway.errors import CommandError, ErrorCode, validate_params
+from gateway.events import CommandAccepted, EventStream, ResultPublished
 from gateway.gateway_commands import GatewayCommands
 from gateway.logs import Throttle, shorten
 from gateway.messages import Inbound, Outbound, answering
@@ -42,7 +43,7 @@ class Dispatcher:
         publish: Callable[[Outbound], None],
         scenes: SceneRunner,
         *,
-        observe: Callable[[Result], None] = lambda _: None,
+        events: EventStream | None = None,
     ) -> None:
         """Wire the dispatcher to the devices, the gateway's own commands and the outbox."""
         self._settings = settings
@@ -51,7 +52,7 @@ class Dispatcher:
         self._publish = publish
         self.gateway_commands = builtin_commands(fleet, scenes)
         """What ``{base}/gateway/command`` answers; more may be registered before commands come."""
-        self._observe = observe  # sees every result (metrics)
+        self._events = EventStream() if events is None else events
         self._dedupe = DedupeWindow(
             settings.dedupe_window, settings.dedupe_max_ids, settings.dedupe_max_bytes
         )
@@ -129,6 +130,8 @@ class Dispatcher:
             raise CommandError(ErrorCode.CANCELLED, "the gateway is shutting down")
         done = start()
         self._dedupe.remember(device, command.id, done)
+        if self._events.wanted:
+            self._events.emit(CommandAccepted(device, command.id, command.action))
 
         def first_run_answered(result: Result) -> None:
             payload = result.to_json()  # once: published, and kept for repeats
@@ -155,7 +158,8 @@ class Dispatcher:
 
     def _answer(self, message: Inbound, result: Result, payload: bytes | None = None) -> None:
         """Publish ``result`` (as ``payload``, when already encoded)."""
-        self._observe(result)
+        if self._events.wanted:
+            self._events.emit(ResultPublished(result))
         if result.error is not None:
             _log_error(result)
         if payload is None:

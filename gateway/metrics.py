@@ -19,6 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
+from gateway.events import ResultPublished
 from gateway.topics import GATEWAY
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from gateway.commands import Result
+    from gateway.events import Event
     from gateway.fleet import Fleet
     from gateway.session import MqttSession
 
@@ -70,8 +72,13 @@ class Metrics:
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(standard)
 
+    def on_event(self, event: Event) -> None:
+        """Follow the event stream: count each result."""
+        if isinstance(event, ResultPublished):
+            self.observe(event.result)
+
     def observe(self, result: Result) -> None:
-        """Count one answered command (the dispatcher calls this for every result)."""
+        """Count one answered command."""
         device = result.device if result.device in self._devices else UNKNOWN_DEVICE
         outcome = "ok" if result.error is None else result.error.code.value
         self._commands.labels(device=device, outcome=outcome).inc()

@@ -9,6 +9,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from gateway.dispatcher import Dispatcher
+from gateway.events import AvailabilityChanged, ConnectionChanged, EventStream
 from gateway.fleet import Fleet
 from gateway.homeassistant import Discovery
 from gateway.http import HttpServer
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from gateway.config import Config
+    from gateway.events import Event
     from gateway.registry import AdapterRegistry
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,18 @@ class Gateway:
         self.session = MqttSession(
             settings.mqtt, self.topics, self.outbox, self, transport, watch=watched
         )
+        self.events = EventStream()
+        """Everything that happens, for any part to follow (metrics, readiness, ...)."""
         self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
+        self.events.subscribe(self.metrics.on_event)
+        self.events.subscribe(self._readiness_may_change)
         self.dispatcher = Dispatcher(
             settings.gateway,
             self.topics,
             self.fleet,
             self.outbox.put,
             self.scenes,
-            observe=self.metrics.observe,
+            events=self.events,
         )
         self.http = (
             HttpServer(settings.http, self.not_ready_reason, self.metrics)
@@ -105,6 +111,10 @@ class Gateway:
         if not self.fleet.started:
             return f"devices still connecting: {', '.join(self.fleet.still_connecting())}"
         return None
+
+    def _readiness_may_change(self, event: Event) -> None:
+        if isinstance(event, ConnectionChanged | AvailabilityChanged):
+            self._changed.set()
 
     @property
     def http_port(self) -> int | None:
@@ -141,7 +151,7 @@ class Gateway:
     def on_connection(self, *, connected: bool) -> None:
         """Track the broker connection (for readiness) and tell systemd."""
         self.connected = connected
-        self._changed.set()
+        self.events.emit(ConnectionChanged(connected=connected))
         if self.should_exit.is_set():
             return
         if connected:
