@@ -13,6 +13,7 @@ from gateway.device_runner import Job
 from gateway.errors import CommandError, ErrorCode, validate_params
 from gateway.events import CommandAccepted, EventStream, ResultPublished
 from gateway.gateway_commands import GatewayCommands
+from gateway.lifecycle import Lifecycle
 from gateway.logs import Throttle, shorten
 from gateway.messages import Inbound, Outbound, answering
 from gateway.scenes import register as register_scenes
@@ -43,6 +44,7 @@ class Dispatcher:
         publish: Callable[[Outbound], None],
         scenes: SceneRunner,
         *,
+        lifecycle: Lifecycle | None = None,
         events: EventStream | None = None,
     ) -> None:
         """Wire the dispatcher to the devices, the gateway's own commands and the outbox."""
@@ -57,7 +59,7 @@ class Dispatcher:
             settings.dedupe_window, settings.dedupe_max_ids, settings.dedupe_max_bytes
         )
         self._refusal_log = Throttle()
-        self.closing = False
+        self._lifecycle = Lifecycle() if lifecycle is None else lifecycle
 
     def on_message(self, message: Inbound) -> None:
         """Handle one inbound message; every command message gets one result."""
@@ -126,7 +128,7 @@ class Dispatcher:
         if first_run is not None:
             _when_done(first_run, lambda result: answer(_as_duplicate(result)))
             return
-        if self.closing:
+        if not self._lifecycle.accepting:
             raise CommandError(ErrorCode.CANCELLED, "the gateway is shutting down")
         done = start()
         self._dedupe.remember(device, command.id, done)

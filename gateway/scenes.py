@@ -17,6 +17,7 @@ from devices import Params
 from gateway.commands import Command, Result
 from gateway.device_runner import Job
 from gateway.errors import CommandError, ErrorCode, validate_params
+from gateway.lifecycle import Lifecycle
 from gateway.steps import Scene, Step, StepList, check_steps
 
 if TYPE_CHECKING:
@@ -59,15 +60,19 @@ class SceneRunner:
     """Checks scenes and step lists, runs their steps; owns the running scenes."""
 
     def __init__(
-        self, scenes: Mapping[str, Scene], fleet: Fleet, registry: AdapterRegistry
+        self,
+        scenes: Mapping[str, Scene],
+        fleet: Fleet,
+        registry: AdapterRegistry,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
-        """Nothing runs until ``run``."""
+        """Nothing runs until ``run``; ``lifecycle`` says when to take no more."""
         self._scenes = scenes
         self._fleet = fleet
         self._registry = registry
+        self._lifecycle = Lifecycle() if lifecycle is None else lifecycle
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
-        self.closing = False
 
     def describe(self) -> list[dict[str, Any]]:
         """The ``gateway/scenes`` list: each scene and its steps."""
@@ -113,7 +118,7 @@ class SceneRunner:
 
     def start(self, command: Command, plan: list[PlannedStep]) -> asyncio.Future[Result]:
         """Run a planned command in the background; the future gets its result."""
-        if self._tasks is None or self.closing:
+        if self._tasks is None or not self._lifecycle.accepting:
             raise CommandError(ErrorCode.CANCELLED, "the gateway is shutting down")
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._tasks.create_task(self._run(command, plan, done))
@@ -125,8 +130,7 @@ class SceneRunner:
             await self._stop.wait()
 
     def stop(self) -> None:
-        """Take no more scenes; ``run`` returns once the running ones have answered."""
-        self.closing = True
+        """``run`` returns once the running scenes have answered (the core is draining)."""
         self._stop.set()
 
     async def _run(
@@ -182,7 +186,7 @@ class SceneRunner:
         )
 
     def _not_run(self, why: str) -> dict[str, Any]:
-        if self.closing:
+        if not self._lifecycle.accepting:
             cancelled = CommandError(ErrorCode.CANCELLED, "the gateway shut down before it ran")
             return _outcome("error", cancelled.as_json(), 0.0)
         return _outcome("skipped", {"code": "step_failed", "message": f"skipped: {why}"}, 0.0)

@@ -8,16 +8,14 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from gateway.dispatcher import Dispatcher
+from gateway.core import Core
 from gateway.events import AvailabilityChanged, ConnectionChanged, EventStream
-from gateway.fleet import Fleet
 from gateway.homeassistant import Discovery
 from gateway.http import HttpServer
 from gateway.leftovers import Leftovers
-from gateway.messages import Inbound, Outbound, Outbox
+from gateway.messages import Inbound, Outbound
 from gateway.metrics import Metrics
 from gateway.mqtt import AiomqttTransport
-from gateway.scenes import SceneRunner
 from gateway.session import MqttSession
 from gateway.systemd import Notifier
 from gateway.topics import Topics
@@ -46,12 +44,12 @@ class Gateway:
         self.config = config
         settings = config.settings
         self.topics = Topics(settings.mqtt.base_topic, settings.mqtt.response_prefix)
-        self.outbox = Outbox()
         self._changed = asyncio.Event()  # connection or a device changed: recheck readiness
-        self.fleet = Fleet(
-            config, registry, self.topics, self.outbox.put, on_status=self._changed.set
-        )
-        self.scenes = SceneRunner(settings.scenes, self.fleet, registry)
+        self.events = EventStream()
+        """Everything that happens, for any part to follow (metrics, readiness, ...)."""
+        self.core = Core(config, registry, self.topics, self.events, on_status=self._changed.set)
+        self.outbox, self.fleet = self.core.outbox, self.core.fleet
+        self.scenes, self.dispatcher = self.core.scenes, self.core.dispatcher
         self.discovery = (
             Discovery(
                 settings.homeassistant,
@@ -72,19 +70,9 @@ class Gateway:
         self.session = MqttSession(
             settings.mqtt, self.topics, self.outbox, self, transport, watch=watched
         )
-        self.events = EventStream()
-        """Everything that happens, for any part to follow (metrics, readiness, ...)."""
         self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
         self.events.subscribe(self.metrics.on_event)
         self.events.subscribe(self._readiness_may_change)
-        self.dispatcher = Dispatcher(
-            settings.gateway,
-            self.topics,
-            self.fleet,
-            self.outbox.put,
-            self.scenes,
-            events=self.events,
-        )
         self.http = (
             HttpServer(settings.http, self.not_ready_reason, self.metrics)
             if settings.http is not None
@@ -196,11 +184,10 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as tasks:
                 background = await self._start_background(tasks)
-                tasks.create_task(self.fleet.run(), name="fleet")
-                scenes = tasks.create_task(self.scenes.run(), name="scenes")
+                tasks.create_task(self.core.run(), name="core")
                 session = tasks.create_task(self.session.run(), name="mqtt")
                 await self.should_exit.wait()
-                await self._shutdown(session, scenes)
+                await self._shutdown(session)
                 await self._stop_background(background)
         finally:
             self.stopped.set()
@@ -237,13 +224,10 @@ class Gateway:
             for task in late:
                 task.cancel()
 
-    async def _shutdown(self, session: asyncio.Task[None], scenes: asyncio.Task[None]) -> None:
+    async def _shutdown(self, session: asyncio.Task[None]) -> None:
         self.systemd.stopping("stopping: finishing running commands, then going offline")
         self._changed.set()  # the readiness watcher, if still waiting, gives up
-        self.dispatcher.closing = True
-        self.scenes.stop()
-        await self.fleet.shutdown(self.config.settings.gateway.shutdown_grace)
-        await scenes  # every scene has its steps answered by now, so it answers too
+        await self.core.drain()  # every command and scene is answered by now
         self.outbox.put(Outbound(self.topics.status, b"offline", retain=True))
         self.outbox.close()
         if not self.connected:  # nothing to deliver to: stop now, not after the flush timeout

@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from pydantic_settings import BaseSettings
 
-from gateway import AdapterRegistry, ConfigError, Gateway, load_config
+from gateway import AdapterRegistry, ConfigError, load_config
 from gateway.commands import Command, InvalidCommandError, Result, parse_command
 from gateway.config import (
     Backoff,
@@ -50,10 +50,13 @@ from gateway.config import (
     Settings,
     Tls,
 )
+from gateway.core import Core
 from gateway.device_runner import Status
 from gateway.errors import CommandError, ErrorCode
+from gateway.events import EventStream
 from gateway.messages import Inbound, Outbound
 from gateway.steps import Scene, Step
+from gateway.topics import Topics
 from tests.conftest import started
 from tests.probe import Probe
 
@@ -615,20 +618,19 @@ class Collector:
             self.run.stray.append(message)
 
 
-def device_started(gateway: Gateway) -> bool:
-    return all(r.status is not Status.CONNECTING or r.refusal() is not None for r in gateway.fleet)
+def device_started(core: Core) -> bool:
+    return all(r.status is not Status.CONNECTING or r.refusal() is not None for r in core.fleet)
 
 
 async def dispatch(config: Config, sent: Sequence[Message]) -> DispatchRun:
-    """Run a gateway's devices (no broker) and feed ``sent`` to its dispatcher."""
-    gateway = Gateway(config, REGISTRY)
+    """Run a gateway's core (no broker) and feed ``sent`` to its dispatcher."""
+    gateway = Core(config, REGISTRY, Topics(config.settings.mqtt.base_topic), EventStream())
     run = DispatchRun()
     settled: list[int] = []
     collector = Collector(run, settled)
     expected = sum(answered_device(m) is not None for m in sent)
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(gateway.fleet.run())
-        scenes = tasks.create_task(gateway.scenes.run())
+        tasks.create_task(gateway.run())
         for _ in range(5000):  # each device online or given up: up to 5 s
             if device_started(gateway):
                 break
@@ -654,10 +656,7 @@ async def dispatch(config: Config, sent: Sequence[Message]) -> DispatchRun:
                     collector.take(await gateway.outbox.get())
         except TimeoutError:
             raise AssertionError(f"{collector.count} of {expected} messages answered") from None
-        gateway.dispatcher.closing = True
-        gateway.scenes.stop()
-        await gateway.fleet.shutdown(0.1)
-        await scenes
+        await gateway.drain(0.1)
     while len(gateway.outbox):  # whatever came after: must be state and availability only
         collector.take(await gateway.outbox.get())
     return run

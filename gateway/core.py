@@ -1,0 +1,102 @@
+"""The gateway's core: devices, dispatcher, gateway commands and scenes, and the outbox.
+
+It runs without the daemon around it: no broker connection, HTTP server or
+systemd. The daemon (``supervisor.py``) hands it each inbound message
+(``dispatcher.on_message``) and publishes what it puts in ``outbox``; tests
+do the same with no broker at all. One lifecycle for every part (``Stage``):
+starting, running, draining, stopped.
+
+The core imports devices, commands and dispatch modules, never a surface
+(HTTP, metrics, systemd, Home Assistant) nor the MQTT session or transport
+(``tests/test_layering.py`` keeps it so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from gateway.dispatcher import Dispatcher
+from gateway.fleet import Fleet
+from gateway.lifecycle import Lifecycle, Stage
+from gateway.messages import Outbox
+from gateway.scenes import SceneRunner
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gateway.config import Config
+    from gateway.events import EventStream
+    from gateway.registry import AdapterRegistry
+    from gateway.topics import Topics
+
+
+class Core:
+    """Every part that turns commands into results, with one lifecycle."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: AdapterRegistry,
+        topics: Topics,
+        events: EventStream,
+        *,
+        on_status: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Build every part; nothing runs until ``run``.
+
+        ``on_status`` is called whenever a device's status changes.
+        """
+        settings = config.settings
+        self.lifecycle = Lifecycle()
+        self.outbox = Outbox()
+        self._on_status = on_status
+        self.fleet = Fleet(config, registry, topics, self.outbox.put, on_status=self._status)
+        self.scenes = SceneRunner(settings.scenes, self.fleet, registry, self.lifecycle)
+        self.dispatcher = Dispatcher(
+            settings.gateway,
+            topics,
+            self.fleet,
+            self.outbox.put,
+            self.scenes,
+            lifecycle=self.lifecycle,
+            events=events,
+        )
+        self._grace = settings.gateway.shutdown_grace
+        self._scenes_done = asyncio.Event()
+        self._running = False
+
+    @property
+    def stage(self) -> Stage:
+        """Where the core is in its life."""
+        return self.lifecycle.stage
+
+    async def run(self) -> None:
+        """Run the devices and scenes; returns once ``drain`` has finished them."""
+        self._running = True
+        self._status()  # with no devices, it is running at once
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.fleet.run(), name="fleet")
+                await self.scenes.run()  # until drain stops it and its scenes answered
+        finally:
+            self._scenes_done.set()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Take no new commands, give running ones ``grace`` seconds, close the devices.
+
+        Commands received but not started are answered ``cancelled``; so are
+        running ones still going when the grace (``gateway.shutdown_grace`` by
+        default) is over. Every answer is in ``outbox`` when this returns.
+        """
+        self.lifecycle.stage = Stage.DRAINING
+        self.scenes.stop()
+        await self.fleet.shutdown(self._grace if grace is None else grace)
+        if self._running:
+            await self._scenes_done.wait()
+        self.lifecycle.stage = Stage.STOPPED
+
+    def _status(self) -> None:
+        if self.lifecycle.stage is Stage.STARTING and self.fleet.started:
+            self.lifecycle.stage = Stage.RUNNING
+        self._on_status()

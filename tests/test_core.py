@@ -1,0 +1,72 @@
+"""The core without the daemon: one lifecycle, commands in and results out, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from gateway import AdapterRegistry, load_config
+from gateway.core import Core
+from gateway.events import EventStream, ResultPublished
+from gateway.lifecycle import Stage
+from gateway.messages import Inbound
+from gateway.topics import Topics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from gateway.events import Event
+    from gateway.messages import Outbound
+
+
+def core_with(write_config: Callable[[dict[str, Any]], Path], events: EventStream) -> Core:
+    devices = [{"id": "slow", "type": "simulated.switch", "latency": 0.3}]
+    config = load_config(write_config({"devices": devices}), AdapterRegistry.from_entry_points())
+    return Core(config, AdapterRegistry.from_entry_points(), Topics("iot"), events)
+
+
+def command(action: str, command_id: str) -> Inbound:
+    return Inbound("iot/slow/command", json.dumps({"action": action, "id": command_id}).encode())
+
+
+async def results(core: Core, count: int) -> dict[str, Any]:
+    """The next ``count`` results in the outbox, by id (state and availability skipped)."""
+    found: dict[str, Any] = {}
+    while len(found) < count:
+        message: Outbound | None = await asyncio.wait_for(core.outbox.get(), 5)
+        assert message is not None
+        if message.topic.endswith("/result"):
+            body = json.loads(message.payload)
+            found[body["id"]] = body
+    return found
+
+
+async def test_the_core_runs_commands_and_drains_through_its_stages(
+    write_config: Callable[[dict[str, Any]], Path],
+) -> None:
+    seen: list[Event] = []
+    events = EventStream()
+    events.subscribe(seen.append)
+    core = core_with(write_config, events)
+    assert core.stage is Stage.STARTING
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(core.run())
+        await asyncio.wait_for(core.fleet.all_started.wait(), 5)
+        assert core.stage is Stage.RUNNING
+        core.dispatcher.on_message(command("turn_on", "a"))
+        core.dispatcher.on_message(command("turn_off", "b"))  # queued behind a
+        draining = tasks.create_task(core.drain(grace=5))
+        await asyncio.sleep(0)
+        assert core.stage is Stage.DRAINING
+        core.dispatcher.on_message(command("toggle", "late"))
+        await draining
+        await running
+    assert core.stage is Stage.STOPPED
+    answered = await results(core, 3)
+    assert answered["a"]["status"] == "ok"  # running: finished within the grace
+    assert answered["b"]["error"]["code"] == "cancelled"  # waiting: not started
+    assert answered["late"]["error"]["code"] == "cancelled"
+    published = [e.result.id for e in seen if isinstance(e, ResultPublished)]
+    assert sorted(published) == ["a", "b", "late"]
