@@ -50,8 +50,11 @@ class DeviceLink:
     """
 
     __slots__ = (
+        "_available",
+        "_blocked",
         "_dependencies",
         "_dependents",
+        "_deps_available",
         "_lost",
         "_on_status",
         "_publisher",
@@ -92,6 +95,12 @@ class DeviceLink:
         self._timeout = timeout
         self._publisher = publisher
         self._on_status = on_status
+        # Kept up to date by ``notify`` from the dependencies' own, so a question
+        # never walks the graph: walks repeated per path were exponential in a
+        # layered graph (60 devices in 29 layers froze the event loop).
+        self._available = False  # online, and so is every device it depends on
+        self._blocked = False  # offline, or a dependency is: commands are refused
+        self._deps_available = all(d.link.available for d in dependencies)
         self.adapter = adapter_type(config, self)
 
     # -- availability ---------------------------------------------------------------
@@ -99,14 +108,16 @@ class DeviceLink:
     @property
     def available(self) -> bool:
         """Online, and so is every device it depends on."""
-        return self.status is Status.ONLINE and all(d.link.available for d in self._dependencies)
+        return self._available
 
     def refusal(self) -> CommandError | None:
         """Why a command must be answered at once instead of queued, if it must."""
         if self.status is Status.OFFLINE:
             return CommandError(ErrorCode.DEVICE_UNAVAILABLE, f"device {self.id!r} is offline")
+        if not self._blocked:
+            return None
         for dep in self._dependencies:
-            if dep.link.status is Status.OFFLINE or dep.link.refusal() is not None:
+            if dep.link._blocked:  # noqa: SLF001 - links of one graph share their state
                 return CommandError(
                     ErrorCode.DEPENDENCY_UNAVAILABLE,
                     f"device {self.id!r} depends on {dep.link.id!r}, which is offline",
@@ -120,11 +131,28 @@ class DeviceLink:
         return not self.available and self.refusal() is None
 
     def notify(self) -> None:
-        """Wake what waits on this device or on one that depends on it; publish availability."""
-        self.changed.fire()
-        self._publisher.availability(available=self.available)
-        for dependent in self._dependents:
-            dependent.link.notify()
+        """Wake what waits on this device or on one that depends on it; publish availability.
+
+        A dependent is visited again only when a device it depends on changed
+        what it derives from them, so a change costs one pass over the edges.
+        """
+        pending = [self]
+        while pending:
+            link = pending.pop()
+            changed = link._recompute()  # noqa: SLF001 - links of one graph share their state
+            link.changed.fire()
+            link._publisher.availability(available=link._available)  # noqa: SLF001
+            if changed or link is self:
+                pending.extend(dependent.link for dependent in link._dependents)  # noqa: SLF001
+
+    def _recompute(self) -> bool:
+        """Derive availability from this status and the dependencies'; whether it changed."""
+        deps = [d.link for d in self._dependencies]
+        before = (self._available, self._blocked, self._deps_available)
+        self._deps_available = all(d._available for d in deps)  # noqa: SLF001
+        self._available = self.status is Status.ONLINE and self._deps_available
+        self._blocked = self.status is Status.OFFLINE or any(d._blocked for d in deps)  # noqa: SLF001
+        return (self._available, self._blocked, self._deps_available) != before
 
     def _set_status(self, status: Status) -> None:
         if status is not self.status:
@@ -162,7 +190,7 @@ class DeviceLink:
             await asyncio.sleep(delay)
 
     def _dependencies_available(self) -> bool:
-        return all(d.link.available for d in self._dependencies)
+        return self._deps_available
 
     def _is_lost(self) -> bool:
         return self._lost
@@ -213,4 +241,5 @@ class DeviceLink:
         if self.opened:
             await self._close_adapter()
         self.status = Status.OFFLINE  # no notify: every device is closing
-        self._publisher.availability(available=self.available)
+        self._recompute()
+        self._publisher.availability(available=self._available)

@@ -50,23 +50,51 @@ async def test_the_core_runs_commands_and_drains_through_its_stages(
     events = EventStream()
     events.subscribe(seen.append)
     core = core_with(write_config, events)
-    assert core.stage is Stage.STARTING
+    stages = [core.stage]
     async with asyncio.TaskGroup() as tasks:
         running = tasks.create_task(core.run())
         await asyncio.wait_for(core.fleet.all_started.wait(), 5)
-        assert core.stage is Stage.RUNNING
+        stages.append(core.stage)
         core.dispatcher.on_message(command("turn_on", "a"))
         core.dispatcher.on_message(command("turn_off", "b"))  # queued behind a
         draining = tasks.create_task(core.drain(grace=5))
         await asyncio.sleep(0)
-        assert core.stage is Stage.DRAINING
+        stages.append(core.stage)
         core.dispatcher.on_message(command("toggle", "late"))
         await draining
         await running
-    assert core.stage is Stage.STOPPED
+    stages.append(core.stage)
+    assert stages == [Stage.STARTING, Stage.RUNNING, Stage.DRAINING, Stage.STOPPED]
     answered = await results(core, 3)
     assert answered["a"]["status"] == "ok"  # running: finished within the grace
     assert answered["b"]["error"]["code"] == "cancelled"  # waiting: not started
     assert answered["late"]["error"]["code"] == "cancelled"
     published = [e.result.id for e in seen if isinstance(e, ResultPublished)]
     assert sorted(published) == ["a", "b", "late"]
+
+
+async def test_a_layered_dependency_graph_comes_online_quickly(
+    write_config: Callable[[dict[str, Any]], Path],
+) -> None:
+    # 30 layers of 2, each device depending on both below: 2^29 paths from top to
+    # bottom. Walking them per question once froze the event loop.
+    layers = [[f"d{layer}a", f"d{layer}b"] for layer in range(30)]
+    devices = [
+        {
+            "id": device,
+            "type": "simulated.switch",
+            "depends_on": layers[index - 1] if index else [],
+        }
+        for index, layer in enumerate(layers)
+        for device in layer
+    ]
+    config = load_config(write_config({"devices": devices}), AdapterRegistry.from_entry_points())
+    core = Core(config, AdapterRegistry.from_entry_points(), Topics("iot"), EventStream())
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(core.run())
+        await asyncio.wait_for(core.fleet.all_started.wait(), 10)
+        assert all(runner.available for runner in core.fleet)
+        top = core.fleet.get("d29a")
+        assert top is not None
+        assert top.refusal() is None
+        await core.drain(grace=1)
