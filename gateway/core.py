@@ -51,7 +51,9 @@ class Core:
         self.lifecycle = Lifecycle()
         self.outbox = Outbox()
         self._on_status = on_status
-        self.fleet = Fleet(config, registry, topics, self.outbox.put, on_status=self._status)
+        self.fleet = Fleet(
+            config, registry, topics, self.outbox.put, on_status=self._status, events=events
+        )
         self.scenes = SceneRunner(settings.scenes, self.fleet, registry, self.lifecycle)
         self.dispatcher = Dispatcher(
             settings.gateway,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from devices import Adapter, DeviceConfig
     from gateway.config import GatewaySettings
     from gateway.errors import CommandError
+    from gateway.events import EventStream
     from gateway.messages import Outbound
     from gateway.topics import Topics
 
@@ -57,17 +58,19 @@ class DeviceRunner:
         publish: Callable[[Outbound], None],
         dependencies: list[DeviceRunner],
         on_status: Callable[[], None] = lambda: None,
+        events: EventStream | None = None,
     ) -> None:
         """Wire the parts; nothing starts until ``run``.
 
-        ``on_status`` is called whenever the device's status changes.
+        ``on_status`` is called whenever the device's status changes; ``events``
+        gets its state and availability changes.
         """
         self.id = config.id
         self.config = config
         self.adapter_type = adapter_type
         self.dependencies = dependencies
         self.dependents: list[DeviceRunner] = []
-        self._publisher = StatePublisher(config.id, topics, publish)
+        self._publisher = StatePublisher(config.id, topics, publish, events)
         timeout = config.timeout or settings.command_timeout
         self.link = DeviceLink(
             config,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from gateway.config import Config
+    from gateway.events import EventStream
     from gateway.messages import Outbound
     from gateway.registry import AdapterRegistry
     from gateway.topics import Topics
@@ -26,17 +27,20 @@ log = logging.getLogger(__name__)
 class Fleet:
     """Owns the device runners and their tasks."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the fleet's inputs
         self,
         config: Config,
         registry: AdapterRegistry,
         topics: Topics,
         publish: Callable[[Outbound], None],
+        *,
         on_status: Callable[[], None] = lambda: None,
+        events: EventStream | None = None,
     ) -> None:
         """Build a runner per device, dependencies before dependents.
 
-        ``on_status`` is called whenever a device's status changes.
+        ``on_status`` is called whenever a device's status changes; ``events``
+        gets every device's state and availability changes.
         """
         self.runners: dict[str, DeviceRunner] = {}
         self._connecting: set[str] = set()  # not yet through their first connect
@@ -52,6 +56,7 @@ class Fleet:
                 topics=topics,
                 publish=publish,
                 dependencies=deps,
+                events=events,
                 on_status=functools.partial(self._status_changed, device.id, on_status),
             )
             for dep in deps:

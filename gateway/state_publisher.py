@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from gateway.events import AvailabilityChanged, StateChanged
 from gateway.messages import Outbound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from gateway.events import EventStream
     from gateway.topics import Topics
 
 
@@ -20,13 +22,20 @@ class StatePublisher:
     message, and a reconnect to the broker can republish both (``announcements``).
     """
 
-    __slots__ = ("_availability", "_device", "_publish", "_state", "_topics")
+    __slots__ = ("_availability", "_device", "_events", "_publish", "_state", "_topics")
 
-    def __init__(self, device: str, topics: Topics, publish: Callable[[Outbound], None]) -> None:
-        """Nothing is published until a value is given."""
+    def __init__(
+        self,
+        device: str,
+        topics: Topics,
+        publish: Callable[[Outbound], None],
+        events: EventStream | None = None,
+    ) -> None:
+        """Nothing is published until a value is given; each change is also an event."""
         self._device = device
         self._topics = topics
         self._publish = publish
+        self._events = events
         self._state: str | None = None
         self._availability: str | None = None
 
@@ -38,6 +47,8 @@ class StatePublisher:
             self._publish(
                 Outbound(self._topics.availability(self._device), value.encode(), retain=True)
             )
+            if self._events is not None and self._events.wanted:
+                self._events.emit(AvailabilityChanged(self._device, online=available))
 
     def state(self, state: Mapping[str, Any], *, force: bool = False) -> None:
         """Publish ``state`` as compact JSON if it changed (or when forced)."""
@@ -47,6 +58,8 @@ class StatePublisher:
             self._publish(
                 Outbound(self._topics.state(self._device), payload.encode(), retain=True)
             )
+            if self._events is not None and self._events.wanted:
+                self._events.emit(StateChanged(self._device, dict(state)))  # a snapshot
 
     def announcements(self, *, available: bool) -> list[Outbound]:
         """Availability and, once known, state: what a reconnect to the broker republishes."""

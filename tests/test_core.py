@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import AdapterRegistry, load_config
 from gateway.core import Core
-from gateway.events import EventStream, ResultPublished
+from gateway.events import AvailabilityChanged, EventStream, ResultPublished, StateChanged
 from gateway.lifecycle import Stage
 from gateway.messages import Inbound
 from gateway.topics import Topics
@@ -98,3 +98,25 @@ async def test_a_layered_dependency_graph_comes_online_quickly(
         assert top is not None
         assert top.refusal() is None
         await core.drain(grace=1)
+
+
+async def test_state_and_availability_changes_are_events(
+    write_config: Callable[[dict[str, Any]], Path],
+) -> None:
+    seen: list[Event] = []
+    events = EventStream()
+    events.subscribe(seen.append)
+    core = core_with(write_config, events)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(core.run())
+        await asyncio.wait_for(core.fleet.all_started.wait(), 5)
+        core.dispatcher.on_message(command("turn_on", "on"))
+        await results(core, 1)
+        await core.drain(grace=1)
+    changes = [e for e in seen if isinstance(e, StateChanged | AvailabilityChanged)]
+    assert changes == [
+        AvailabilityChanged("slow", online=True),
+        StateChanged("slow", {"power": "off"}),
+        StateChanged("slow", {"power": "on"}),
+        AvailabilityChanged("slow", online=False),
+    ]
