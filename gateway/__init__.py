@@ -1,7 +1,7 @@
 """iot-gateway: an MQTT gateway that validates, orders and always answers commands."""
 
 from gateway.config import Config, ConfigError, Settings, load_config
-from gateway.registry import AdapterRegistry
+from gateway.core.registry import AdapterRegistry
 from gateway.supervisor import Gateway, running_gateway
 
 __all__ = [

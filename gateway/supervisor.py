@@ -8,24 +8,24 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from gateway.core import Core
-from gateway.events import AvailabilityChanged, ConnectionChanged, EventStream
-from gateway.homeassistant import Discovery
-from gateway.http import HttpServer
-from gateway.leftovers import Leftovers
-from gateway.messages import Inbound, Outbound
-from gateway.metrics import Metrics
-from gateway.mqtt import AiomqttTransport
-from gateway.session import MqttSession
-from gateway.systemd import Notifier
-from gateway.topics import Topics
+from gateway.broker.aiomqtt_transport import AiomqttTransport
+from gateway.broker.leftovers import Leftovers
+from gateway.broker.session import MqttSession
+from gateway.core.events import AvailabilityChanged, ConnectionChanged, EventStream
+from gateway.core.messages import Inbound, Outbound
+from gateway.core.runtime import Core
+from gateway.core.topics import Topics
+from gateway.surfaces.homeassistant import Discovery
+from gateway.surfaces.http import HttpServer
+from gateway.surfaces.metrics import Metrics
+from gateway.surfaces.systemd import Notifier
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from gateway.config import Config
-    from gateway.events import Event
-    from gateway.registry import AdapterRegistry
+    from gateway.core.events import Event
+    from gateway.core.registry import AdapterRegistry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A test-side MQTT client that publishes commands and waits for what comes back.
 
-It is the only test module that imports aiomqtt, as ``gateway/mqtt.py`` is for
+It is the only test module that imports aiomqtt, as ``gateway/broker/aiomqtt_transport.py`` is for
 the daemon. It reconnects by itself, so it can watch a broker restart.
 """
 

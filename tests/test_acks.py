@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.acks import RECENT_ACKS, AckWindow, Delivery, Redeliveries, message_key
-from gateway.backoff import Backoff
+from gateway.broker.acks import RECENT_ACKS, AckWindow, Delivery, Redeliveries, message_key
+from gateway.core.backoff import Backoff
 
 
 @given(st.permutations(list(range(20))))

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from devices import Adapter, ContractSample, DeviceError, Params
 from gateway import AdapterRegistry
-from gateway.registry import ENTRY_POINT_GROUP
+from gateway.core.registry import ENTRY_POINT_GROUP
 from tests.broker import free_port
 from tests.fakes import FakePlc, FakePlug, FakeProjector
 

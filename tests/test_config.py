@@ -20,10 +20,10 @@ import pytest
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from gateway import AdapterRegistry, Config, ConfigError, load_config, yaml_loader
+from gateway import AdapterRegistry, Config, ConfigError, load_config
 from gateway.cli import main
-from gateway.config import settings_from_environment
-from gateway.steps import MAX_STEPS, Step, StepList, check_steps
+from gateway.config import settings_from_environment, yaml_loader
+from gateway.core.steps import MAX_STEPS, Step, StepList, check_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.yaml"

@@ -7,18 +7,18 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from gateway import AdapterRegistry, load_config
-from gateway.core import Core
-from gateway.events import AvailabilityChanged, EventStream, ResultPublished, StateChanged
-from gateway.lifecycle import Stage
-from gateway.messages import Inbound
-from gateway.topics import Topics
+from gateway.core.events import AvailabilityChanged, EventStream, ResultPublished, StateChanged
+from gateway.core.lifecycle import Stage
+from gateway.core.messages import Inbound
+from gateway.core.runtime import Core
+from gateway.core.topics import Topics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from gateway.events import Event
-    from gateway.messages import Outbound
+    from gateway.core.events import Event
+    from gateway.core.messages import Outbound
 
 
 def core_with(write_config: Callable[[dict[str, Any]], Path], events: EventStream) -> Core:

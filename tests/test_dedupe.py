@@ -7,9 +7,9 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from gateway.commands import Result, as_duplicate
-from gateway.dedupe import ENTRY_OVERHEAD, DedupeWindow
-from gateway.errors import CommandError, ErrorCode
+from gateway.core.commands import Result, as_duplicate
+from gateway.core.dedupe import ENTRY_OVERHEAD, DedupeWindow
+from gateway.core.errors import CommandError, ErrorCode
 
 if TYPE_CHECKING:
     import pytest

@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from devices import Adapter, DeviceConfig, DeviceError, NoParams, PreconditionFailedError
-from gateway.command_worker import CommandWorker, Job
-from gateway.commands import Command, Result
 from gateway.config import Backoff as RetrySettings
 from gateway.config import GatewaySettings
-from gateway.device_link import DeviceLink, Status
-from gateway.device_runner import DeviceRunner
-from gateway.errors import CommandError, ErrorCode
-from gateway.state_publisher import StatePublisher
-from gateway.topics import Topics
-from gateway.wakeup import Wakeup
+from gateway.core.command_worker import CommandWorker, Job
+from gateway.core.commands import Command, Result
+from gateway.core.device_link import DeviceLink, Status
+from gateway.core.device_runner import DeviceRunner
+from gateway.core.errors import CommandError, ErrorCode
+from gateway.core.state_publisher import StatePublisher
+from gateway.core.topics import Topics
+from gateway.core.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 
     from devices import DeviceEvents, Params
-    from gateway.messages import Outbound
+    from gateway.core.messages import Outbound
 
 TOPICS = Topics("iot")
 

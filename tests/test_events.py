@@ -6,7 +6,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from gateway.events import AvailabilityChanged, ConnectionChanged, Event, EventStream, StateChanged
+from gateway.core.events import (
+    AvailabilityChanged,
+    ConnectionChanged,
+    Event,
+    EventStream,
+    StateChanged,
+)
 
 if TYPE_CHECKING:
     import pytest

@@ -39,7 +39,6 @@ from hypothesis import strategies as st
 from pydantic_settings import BaseSettings
 
 from gateway import AdapterRegistry, ConfigError, load_config
-from gateway.commands import Command, InvalidCommandError, Result, parse_command
 from gateway.config import (
     Backoff,
     GatewaySettings,
@@ -50,13 +49,14 @@ from gateway.config import (
     Settings,
     Tls,
 )
-from gateway.core import Core
-from gateway.device_runner import Status
-from gateway.errors import CommandError, ErrorCode
-from gateway.events import EventStream
-from gateway.messages import Inbound, Outbound
-from gateway.steps import Scene, Step
-from gateway.topics import Topics
+from gateway.core.commands import Command, InvalidCommandError, Result, parse_command
+from gateway.core.device_runner import Status
+from gateway.core.errors import CommandError, ErrorCode
+from gateway.core.events import EventStream
+from gateway.core.messages import Inbound, Outbound
+from gateway.core.runtime import Core
+from gateway.core.steps import Scene, Step
+from gateway.core.topics import Topics
 from tests.conftest import started
 from tests.probe import Probe
 

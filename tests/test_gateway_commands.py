@@ -10,10 +10,10 @@ import pytest
 from pydantic import Field
 
 from devices import Params
-from gateway.commands import Command, Result
-from gateway.errors import CommandError, ErrorCode
-from gateway.gateway_commands import GatewayCommands
-from gateway.topics import GATEWAY
+from gateway.core.commands import Command, Result
+from gateway.core.errors import CommandError, ErrorCode
+from gateway.core.gateway_commands import GatewayCommands
+from gateway.core.topics import GATEWAY
 from tests.conftest import started
 from tests.probe import Probe
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway import Config
-    from gateway.gateway_commands import Begin
+    from gateway.core.gateway_commands import Begin
     from tests.broker import Broker
 
 MORNING = {

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.graph import depths, find_cycles, strongly_connected, topological_order
+from gateway.core.graph import depths, find_cycles, strongly_connected, topological_order
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

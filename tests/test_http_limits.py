@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from gateway.config import HttpSettings
-from gateway.http import FD_RESERVE, HttpServer
+from gateway.surfaces.http import FD_RESERVE, HttpServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -277,7 +277,7 @@ async def test_running_out_of_descriptors_costs_one_line_and_the_server_recovers
 async def test_the_cap_keeps_descriptors_for_the_broker_and_devices(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="gateway.http")
+    caplog.set_level(logging.DEBUG, logger="gateway.surfaces.http")
     asked = 1 << 40  # more than Linux allows any process to open (fs.nr_open)
     async with serving(max_connections=5):
         pass

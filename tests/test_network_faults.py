@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import pytest
 
-from gateway.mqtt import CALL_TIMEOUT
+from gateway.broker.aiomqtt_transport import CALL_TIMEOUT
 from tests.conftest import started
 from tests.faultproxy import FaultProxy
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.commands import Command, InvalidCommandError, Result, parse_command
-from gateway.errors import CommandError, ErrorCode
+from gateway.core.commands import Command, InvalidCommandError, Result, parse_command
+from gateway.core.errors import CommandError, ErrorCode
 
 
 def rejected(payload: bytes) -> InvalidCommandError:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import pytest
 
     from gateway import Config
-    from gateway.messages import Inbound
+    from gateway.core.messages import Inbound
     from tests.broker import Broker
 
 COUNTER = {"id": "c", "type": "simulated.counter"}

@@ -426,7 +426,7 @@ async def test_gateway_logs_in_and_answers_the_client_user(
     assert re.search(rf"on port {port}\.\n.*as gateway \(.*u'gateway'\)", broker_log), broker_log
 
 
-# What gateway/mqtt.py logs for each failed attempt (aiomqtt's error, then the delay).
+# What the MQTT session logs for each failed attempt (the transport's error, then the delay).
 REFUSED = (
     r"MQTT: .*(not authori[sz]ed|bad user ?name or password).*; "
     r"reconnecting to 127\.0\.0\.1:\d+ in (?P<delay>\d+\.\d) s"

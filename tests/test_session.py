@@ -7,18 +7,18 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.broker.session import MqttSession
+from gateway.broker.transport import TransportError
 from gateway.config import MqttSettings
-from gateway.messages import Inbound, Outbound, Outbox
-from gateway.session import MqttSession
-from gateway.topics import Topics
-from gateway.transport import TransportError
+from gateway.core.messages import Inbound, Outbound, Outbox
+from gateway.core.topics import Topics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     import pytest
 
-    from gateway.transport import LinkHandler
+    from gateway.broker.transport import LinkHandler
 
 SETTINGS = MqttSettings(reconnect={"min_delay": 0.01, "max_delay": 0.02}, max_inflight=3)
 

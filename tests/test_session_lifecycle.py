@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway import AdapterRegistry, Gateway
-from gateway.mqtt import PACKET_HEADROOM
+from gateway.broker.aiomqtt_transport import PACKET_HEADROOM
 from tests.conftest import started
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from gateway import AdapterRegistry, running_gateway
 from gateway.cli import EXIT_CONFIG
 from gateway.config import GatewaySettings
 from gateway.supervisor import BACKGROUND_STOP_TIMEOUT, FLUSH_TIMEOUT
-from gateway.systemd import Notifier, notify_address, watchdog_interval
+from gateway.surfaces.systemd import Notifier, notify_address, watchdog_interval
 from tests.conftest import config_data, gateway_process
 
 if TYPE_CHECKING:
@@ -262,12 +262,12 @@ async def test_an_unreachable_socket_is_logged_once_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
-    with caplog.at_level(logging.DEBUG, logger="gateway.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.surfaces.systemd"):
         notifier.ready("ready")
         notifier.status("still here")
         notifier.close()
         await asyncio.wait_for(notifier.run(), 5)
-    levels = [r.levelno for r in caplog.records if r.name == "gateway.systemd"]
+    levels = [r.levelno for r in caplog.records if r.name == "gateway.surfaces.systemd"]
     assert levels == [logging.WARNING, logging.DEBUG]
 
 

@@ -1,4 +1,4 @@
-"""Every private detail of aiomqtt 2.5 and paho that gateway/mqtt.py relies on.
+"""Every private detail of aiomqtt 2.5 and paho that gateway/broker/aiomqtt_transport.py relies on.
 
 The transport reaches beneath aiomqtt's public API (see its module docstring).
 An upgrade that moves any of these fails here, by name, instead of silently at
@@ -14,8 +14,8 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.broker.aiomqtt_transport import AiomqttTransport
 from gateway.config import MqttSettings
-from gateway.mqtt import AiomqttTransport
 
 
 def a_client() -> aiomqtt.Client:
@@ -25,7 +25,9 @@ def a_client() -> aiomqtt.Client:
 
 
 def test_the_pinned_versions() -> None:
-    assert version("aiomqtt").startswith("2."), "aiomqtt 3 is a rewrite: redo gateway/mqtt.py"
+    assert version("aiomqtt").startswith("2."), (
+        "aiomqtt 3 is a rewrite: redo gateway/broker/aiomqtt_transport.py"
+    )
     assert version("paho-mqtt").startswith("2.")
 
 

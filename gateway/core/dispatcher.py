@@ -6,29 +6,29 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.commands import InvalidCommandError, Result, as_duplicate, new_id, parse_command
-from gateway.dedupe import DedupeWindow
-from gateway.describe import register as register_describe
-from gateway.device_runner import Job
-from gateway.errors import CommandError, ErrorCode, validate_params
-from gateway.events import CommandAccepted, EventStream, ResultPublished
-from gateway.gateway_commands import GatewayCommands
-from gateway.lifecycle import Lifecycle
-from gateway.logs import Throttle, shorten
-from gateway.messages import Inbound, Outbound, answering
-from gateway.scenes import register as register_scenes
-from gateway.topics import GATEWAY
+from gateway.core.commands import InvalidCommandError, Result, as_duplicate, new_id, parse_command
+from gateway.core.dedupe import DedupeWindow
+from gateway.core.describe import register as register_describe
+from gateway.core.device_runner import Job
+from gateway.core.errors import CommandError, ErrorCode, validate_params
+from gateway.core.events import CommandAccepted, EventStream, ResultPublished
+from gateway.core.gateway_commands import GatewayCommands
+from gateway.core.lifecycle import Lifecycle
+from gateway.core.logs import Throttle, shorten
+from gateway.core.messages import Inbound, Outbound, answering
+from gateway.core.scenes import register as register_scenes
+from gateway.core.topics import GATEWAY
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
-    from gateway.commands import Command
     from gateway.config import GatewaySettings
-    from gateway.dedupe import Answered
-    from gateway.fleet import Fleet
-    from gateway.scenes import SceneRunner
-    from gateway.topics import Topics
+    from gateway.core.commands import Command
+    from gateway.core.dedupe import Answered
+    from gateway.core.fleet import Fleet
+    from gateway.core.scenes import SceneRunner
+    from gateway.core.topics import Topics
 
 log = logging.getLogger(__name__)
 

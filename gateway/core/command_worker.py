@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from devices import DeviceError, PreconditionFailedError
-from gateway.commands import Command, Result
-from gateway.errors import CommandError, ErrorCode
-from gateway.wakeup import Wakeup
+from gateway.core.commands import Command, Result
+from gateway.core.errors import CommandError, ErrorCode
+from gateway.core.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from devices import Adapter, Params

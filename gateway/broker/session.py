@@ -1,6 +1,6 @@
 """The gateway's one persistent MQTT session, kept alive across connections.
 
-It connects through a ``Transport`` (``gateway/transport.py``), subscribes,
+It connects through a ``Transport`` (``gateway/broker/transport.py``), subscribes,
 republishes the gateway's announcements after every connect, feeds inbound
 messages to its handler, publishes the outbox through a bounded window, and
 reconnects with jittered backoff. It holds the rules the delivery guarantees
@@ -16,17 +16,17 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.acks import AckWindow, Delivery, Redeliveries, message_key
-from gateway.backoff import Backoff
-from gateway.transport import TransportError
+from gateway.broker.acks import AckWindow, Delivery, Redeliveries, message_key
+from gateway.broker.transport import TransportError
+from gateway.core.backoff import Backoff
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from gateway.broker.transport import Link, Transport
     from gateway.config import MqttSettings
-    from gateway.messages import Inbound, Outbound, Outbox
-    from gateway.topics import Topics
-    from gateway.transport import Link, Transport
+    from gateway.core.messages import Inbound, Outbound, Outbox
+    from gateway.core.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def setup_logging(settings: LoggingSettings) -> None:
     root.setLevel(settings.level)
     # The client library's own log is noise below DEBUG: it reports a dropped
     # connection as an ERROR, and the session logs every disconnect with its reason.
-    logging.getLogger("gateway.mqtt.client").setLevel(
+    logging.getLogger("gateway.broker.aiomqtt_transport.client").setLevel(
         logging.DEBUG if settings.level == "DEBUG" else logging.CRITICAL
     )
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from gateway.commands import Result
+    from gateway.core.commands import Result
 
 log = logging.getLogger(__name__)
 

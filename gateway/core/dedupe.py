@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-    from gateway.commands import Result
+    from gateway.core.commands import Result
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from gateway.device_runner import DeviceRunner, Status
+from gateway.core.device_runner import DeviceRunner, Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from gateway.config import Config
-    from gateway.events import EventStream
-    from gateway.messages import Outbound
-    from gateway.registry import AdapterRegistry
-    from gateway.topics import Topics
+    from gateway.core.events import EventStream
+    from gateway.core.messages import Outbound
+    from gateway.core.registry import AdapterRegistry
+    from gateway.core.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The seam between the MQTT session and a client library: one connection.
 
-The session (``gateway/session.py``) keeps the gateway's one logical MQTT
+The session (``gateway/broker/session.py``) keeps the gateway's one logical MQTT
 session alive: reconnects, announcements, the publish window, acknowledgements
 in order and redelivery matching. It speaks to the broker only through the
-interfaces here, which say nothing of any client library. ``gateway/mqtt.py``
+interfaces here, which say nothing of any client library. ``gateway/broker/aiomqtt_transport.py``
 implements them on aiomqtt (and the paho client beneath it); tests implement
 them in memory. This module imports nothing but the gateway's messages.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from gateway.messages import Inbound, Outbound
+    from gateway.core.messages import Inbound, Outbound
 
 
 class TransportError(Exception):

@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from devices import NoParams
-from gateway.commands import Result
-from gateway.topics import GATEWAY
+from gateway.core.commands import Result
+from gateway.core.topics import GATEWAY
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from gateway.commands import Command
-    from gateway.gateway_commands import Begin, GatewayCommands
+    from gateway.core.commands import Command
+    from gateway.core.gateway_commands import Begin, GatewayCommands
 
     Listing = Callable[[], list[dict[str, Any]]]
 

@@ -6,13 +6,13 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from gateway.messages import Outbound
+from gateway.core.messages import Outbound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from gateway.messages import Inbound
-    from gateway.topics import Topics
+    from gateway.core.messages import Inbound
+    from gateway.core.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from gateway.events import ResultPublished
-from gateway.topics import GATEWAY
+from gateway.core.events import ResultPublished
+from gateway.core.topics import GATEWAY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from prometheus_client.metrics_core import Metric
 
-    from gateway.commands import Result
-    from gateway.events import Event
-    from gateway.fleet import Fleet
-    from gateway.session import MqttSession
+    from gateway.broker.session import MqttSession
+    from gateway.core.commands import Result
+    from gateway.core.events import Event
+    from gateway.core.fleet import Fleet
 
 PREFIX = "iot_gateway"
 # Commands for a device the gateway does not have share one label value: the

@@ -8,8 +8,8 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from gateway.mqtt import tool_client
-from gateway.topics import Topics
+from gateway.broker.aiomqtt_transport import tool_client
+from gateway.core.topics import Topics
 
 if TYPE_CHECKING:
     from collections.abc import Callable

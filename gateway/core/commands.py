@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import CommandError, ErrorCode
+from gateway.core.errors import CommandError, ErrorCode
 
 BARE_ACTION = re.compile(r"^[a-z_][a-z0-9_]*$")
 MAX_ID_LENGTH = 128

@@ -16,19 +16,19 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway.command_worker import CommandWorker, Job
-from gateway.device_link import DeviceLink, Status
-from gateway.state_publisher import StatePublisher
+from gateway.core.command_worker import CommandWorker, Job
+from gateway.core.device_link import DeviceLink, Status
+from gateway.core.state_publisher import StatePublisher
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from devices import Adapter, DeviceConfig
     from gateway.config import GatewaySettings
-    from gateway.errors import CommandError
-    from gateway.events import EventStream
-    from gateway.messages import Outbound
-    from gateway.topics import Topics
+    from gateway.core.errors import CommandError
+    from gateway.core.events import EventStream
+    from gateway.core.messages import Outbound
+    from gateway.core.topics import Topics
 
 __all__ = ["DeviceRunner", "Job", "Status"]
 

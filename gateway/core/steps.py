@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from gateway.errors import CommandError, validate_params
-from gateway.graph import find_cycles
-from gateway.registry import UnknownAdapterError
+from gateway.core.errors import CommandError, validate_params
+from gateway.core.graph import find_cycles
+from gateway.core.registry import UnknownAdapterError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from devices import DeviceConfig
-    from gateway.registry import AdapterRegistry
+    from gateway.core.registry import AdapterRegistry
 
 
 MAX_STEPS = 256

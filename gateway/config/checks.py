@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from gateway.errors import format_path
-from gateway.graph import depths, find_cycles
-from gateway.registry import UnknownAdapterError
-from gateway.steps import check_steps
+from gateway.core.errors import format_path
+from gateway.core.graph import depths, find_cycles
+from gateway.core.registry import UnknownAdapterError
+from gateway.core.steps import check_steps
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from devices import DeviceConfig
-    from gateway.registry import AdapterRegistry
-    from gateway.steps import Scene
+    from gateway.core.registry import AdapterRegistry
+    from gateway.core.steps import Scene
 
 DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_IDS = frozenset({"gateway"})

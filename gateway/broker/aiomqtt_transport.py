@@ -1,7 +1,7 @@
 """The MQTT transport on aiomqtt 2.5: the only module that imports aiomqtt and paho.
 
-``AiomqttTransport`` implements ``gateway/transport.py``'s connection for the
-session (``gateway/session.py``): CONNECT with the will and session
+``AiomqttTransport`` implements ``gateway/broker/transport.py``'s connection for the
+session (``gateway/broker/session.py``): CONNECT with the will and session
 properties, subscribe, QoS 1 publish completed by its PUBACK's reason, manual
 PUBACKs, and each inbound message with its DUP flag. aiomqtt 2.5 offers none of
 the last three, and its per-message paths cost a sixth of the gateway's CPU, so
@@ -30,17 +30,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.messages import Inbound
-from gateway.transport import TransportError
+from gateway.broker.transport import TransportError
+from gateway.core.messages import Inbound
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from paho.mqtt.reasoncodes import ReasonCode
 
+    from gateway.broker.transport import LinkHandler
     from gateway.config import MqttSettings
-    from gateway.messages import Outbound
-    from gateway.transport import LinkHandler
+    from gateway.core.messages import Outbound
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class AiomqttTransport:
             # on each PUBACK. The session's window (max_inflight) bounds them.
             max_inflight_messages=0,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            logger=logging.getLogger("gateway.mqtt.client"),
+            logger=logging.getLogger("gateway.broker.aiomqtt_transport.client"),
         )
         # The session's own window bounds publishes in flight; don't warn below it.
         client.pending_calls_threshold = s.max_inflight + 1
@@ -403,7 +403,7 @@ async def tool_client(settings: MqttSettings) -> AsyncIterator[ToolClient]:
         else aiomqtt.ProtocolVersion.V311,
         tls_context=_tls_context(settings),
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        logger=logging.getLogger("gateway.mqtt.client"),
+        logger=logging.getLogger("gateway.broker.aiomqtt_transport.client"),
     )
     try:
         await client.__aenter__()

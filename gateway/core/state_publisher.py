@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from gateway.events import AvailabilityChanged, StateChanged
-from gateway.messages import Outbound
+from gateway.core.events import AvailabilityChanged, StateChanged
+from gateway.core.messages import Outbound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from gateway.events import EventStream
-    from gateway.topics import Topics
+    from gateway.core.events import EventStream
+    from gateway.core.topics import Topics
 
 
 class StatePublisher:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from gateway.messages import Inbound, Outbound
+from gateway.core.messages import Inbound, Outbound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from gateway.config import HomeAssistantSettings
-    from gateway.topics import Topics
+    from gateway.core.topics import Topics
 
 Entity = tuple[str, str, dict[str, Any]]  # (component, object suffix, config)
 

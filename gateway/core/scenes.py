@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from devices import Params
-from gateway.commands import Command, Result
-from gateway.device_runner import Job
-from gateway.errors import CommandError, ErrorCode, validate_params
-from gateway.lifecycle import Lifecycle
-from gateway.steps import Scene, Step, StepList, check_steps
+from gateway.core.commands import Command, Result
+from gateway.core.device_runner import Job
+from gateway.core.errors import CommandError, ErrorCode, validate_params
+from gateway.core.lifecycle import Lifecycle
+from gateway.core.steps import Scene, Step, StepList, check_steps
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from gateway.device_runner import DeviceRunner
-    from gateway.fleet import Fleet
-    from gateway.gateway_commands import Begin, GatewayCommands
-    from gateway.registry import AdapterRegistry
+    from gateway.core.device_runner import DeviceRunner
+    from gateway.core.fleet import Fleet
+    from gateway.core.gateway_commands import Begin, GatewayCommands
+    from gateway.core.registry import AdapterRegistry
 
 
 class RunScene(Params):

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from devices import Params
-from gateway.commands import BARE_ACTION, Result
-from gateway.errors import CommandError, ErrorCode, validate_params
+from gateway.core.commands import BARE_ACTION, Result
+from gateway.core.errors import CommandError, ErrorCode, validate_params
 
 if TYPE_CHECKING:
-    from gateway.commands import Command
+    from gateway.core.commands import Command
 
 P = TypeVar("P", bound=Params)
 

@@ -22,22 +22,22 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway import yaml_loader
-from gateway.config_checks import (
+from gateway.config import yaml_loader
+from gateway.config.checks import (
     DEVICE_ID,
     check_device_graph,
     check_scenes,
     describe_errors,
     validate_devices,
 )
-from gateway.env_overrides import OverriddenSource, Overrides
-from gateway.steps import Scene
+from gateway.config.env_overrides import OverriddenSource, Overrides
+from gateway.core.steps import Scene
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from devices import DeviceConfig
-    from gateway.registry import AdapterRegistry
+    from gateway.core.registry import AdapterRegistry
 
 __all__ = [  # the checks are here too, where their callers have always found them
     "CONFIG_ENV_VAR",

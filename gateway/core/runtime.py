@@ -16,19 +16,19 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway.dispatcher import Dispatcher
-from gateway.fleet import Fleet
-from gateway.lifecycle import Lifecycle, Stage
-from gateway.messages import Outbox
-from gateway.scenes import SceneRunner
+from gateway.core.dispatcher import Dispatcher
+from gateway.core.fleet import Fleet
+from gateway.core.lifecycle import Lifecycle, Stage
+from gateway.core.messages import Outbox
+from gateway.core.scenes import SceneRunner
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.config import Config
-    from gateway.events import EventStream
-    from gateway.registry import AdapterRegistry
-    from gateway.topics import Topics
+    from gateway.core.events import EventStream
+    from gateway.core.registry import AdapterRegistry
+    from gateway.core.topics import Topics
 
 
 class Core:

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from gateway import tools
+from gateway.broker.aiomqtt_transport import PublishRefusedError, SubscribeRefusedError
+from gateway.cli import tools
 from gateway.config import (
     CONFIG_ENV_VAR,
     DEVICE_ID,
@@ -23,11 +24,10 @@ from gateway.config import (
     read_yaml,
     settings_from_environment,
 )
-from gateway.http import HttpServerError
-from gateway.logs import setup_logging
-from gateway.mqtt import PublishRefusedError, SubscribeRefusedError
-from gateway.registry import AdapterRegistry
+from gateway.core.logs import setup_logging
+from gateway.core.registry import AdapterRegistry
 from gateway.supervisor import Gateway, install_signal_handlers
+from gateway.surfaces.http import HttpServerError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

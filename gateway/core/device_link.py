@@ -8,16 +8,16 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from devices import Adapter
-from gateway.backoff import Backoff
-from gateway.errors import CommandError, ErrorCode
-from gateway.wakeup import Wakeup
+from gateway.core.backoff import Backoff
+from gateway.core.errors import CommandError, ErrorCode
+from gateway.core.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from devices import DeviceConfig
     from gateway.config import Backoff as RetrySettings
-    from gateway.state_publisher import StatePublisher
+    from gateway.core.state_publisher import StatePublisher
 
 log = logging.getLogger(__name__)
 
