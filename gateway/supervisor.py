@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import TYPE_CHECKING
 
@@ -169,8 +170,14 @@ class Gateway:
             log.info("%s received: shutting down (send again to force)", name)
             self.should_exit.set()
         else:
-            log.warning("%s received again: forcing exit", name)
-            raise SystemExit(1)
+            log.warning(
+                "%s received again: exiting at once; the broker publishes `offline` (the will)",
+                name,
+            )
+            logging.shutdown()  # flush the log: nothing below runs
+            # No DISCONNECT: a normal one would suppress the will (MQTT 5 §3.14.4), and
+            # the retained status would say `online` after the gateway is gone.
+            os._exit(1)
 
     async def serve(self) -> None:
         """Run until ``should_exit`` is set, then shut down cleanly."""

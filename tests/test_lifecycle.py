@@ -153,3 +153,6 @@ async def test_second_signal_forces_exit(
         process.send_signal(signal.SIGTERM)
         assert await process.wait(5) == 1
         assert time.monotonic() - began < 3
+    # No DISCONNECT went out, so the broker published the will: nobody is told
+    # the gateway is online after it is gone.
+    await probe.wait_for(lambda m: m.topic == "iot/gateway/status" and m.payload == b"offline")
