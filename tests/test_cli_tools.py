@@ -226,3 +226,23 @@ async def test_send_prints_only_its_own_devices_result_for_its_action(
     assert (code, err) == (0, "")
     assert json.loads(out) == answer.json
     assert (answer.json["id"], answer.json["state"]["power"]) == (command["id"], "on")
+
+
+async def test_send_into_a_reader_that_leaves_early_prints_no_traceback(
+    broker: Broker, probe: Probe, make_config: Callable[..., Config]
+) -> None:
+    async with started(make_config(), probe):
+        # `send ... | true`: the reader is gone before the result is printed.
+        shell = f"{sys.executable} -m gateway send {' '.join(at(broker))} light toggle | true"
+        done = await asyncio.create_subprocess_shell(
+            f"set -o pipefail; {shell}",
+            executable="/bin/bash",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        )
+        out, err = await asyncio.wait_for(done.communicate(), 30)
+    assert out == b""
+    assert done.returncode == 0  # pipefail: send's own status, the result's (ok)
+    assert b"Traceback" not in err, err.decode()
+    assert b"BrokenPipe" not in err, err.decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import gc
 import importlib.metadata
@@ -73,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _config_failed(exc)
     if args.command == "check-config":
-        print(f"{path}: OK ({len(config.devices)} devices)")  # noqa: T201
+        count = len(config.devices)
+        print(f"{path}: OK ({count} device{'' if count == 1 else 's'})")  # noqa: T201
         return EXIT_OK
     return run(config)
 
@@ -148,15 +150,16 @@ def send(
         hint = " (or the broker's ACL refused the command: MQTT 3.1.1 cannot say)"
         _say("send", f"no result within {wait:g} s{hint if maybe_refused else ''}")
         return EXIT_UNAVAILABLE
-    print(json.dumps(result, indent=2))  # noqa: T201
+    with contextlib.suppress(BrokenPipeError):  # `send ... | head`: the reader left early
+        _print(json.dumps(result, indent=2))
     return EXIT_OK if result.get("status") == "ok" else EXIT_FAILURE
 
 
 def watch(settings: MqttSettings) -> int:
     """Print results, state and availability as they come, until Ctrl-C."""
     try:
-        asyncio.run(tools.watch(settings, lambda line: print(line, flush=True)))  # noqa: T201
-    except KeyboardInterrupt:
+        asyncio.run(tools.watch(settings, _print))
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or `watch | head` had enough
         return EXIT_OK
     except SubscribeRefusedError as exc:
         _say("watch", f"{exc}; check the username and the broker's ACL")
@@ -165,6 +168,17 @@ def watch(settings: MqttSettings) -> int:
         _say("watch", str(exc))
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+def _print(text: str) -> None:
+    """Print to stdout now; when its reader has gone, quiet the interpreter's last flush."""
+    try:
+        print(text, flush=True)  # noqa: T201
+    except BrokenPipeError:
+        # Python's recipe (signal docs, "Note on SIGPIPE"): stdout to /dev/null, so
+        # exiting does not print a second BrokenPipeError.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise
 
 
 def _say(command: str, message: str) -> None:
