@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from gateway.config import HttpSettings
-from gateway.surfaces.http import FD_RESERVE, HttpServer
+from gateway.surfaces.http import HttpServer
+from gateway.surfaces.http_guard import FD_RESERVE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
