@@ -5,9 +5,10 @@ session (``gateway/broker/session.py``): CONNECT with the will and session
 properties, subscribe, QoS 1 publish completed by its PUBACK's reason, manual
 PUBACKs, and each inbound message with its DUP flag. aiomqtt 2.5 offers none of
 the last three, and its per-message paths cost a sixth of the gateway's CPU, so
-the connection reaches the paho client aiomqtt wraps in four places
-(``_PahoPipes``, ``_WritesInLoop``); ``tests/test_transport_pins.py`` pins each
-private detail used, so an aiomqtt upgrade fails in CI, not at run time.
+the connection reaches the paho client aiomqtt wraps (``_Link``, ``_WritesInLoop``,
+``ToolClient``); ``tests/test_transport_pins.py`` pins each private detail used,
+so an aiomqtt upgrade fails in CI, not at run time. The session above it knows
+nothing of either library (``gateway/broker/transport.py``).
 
 It also holds the short-lived client of the command-line tools (``ToolClient``).
 A new client is made per connection: a reused aiomqtt client can report itself
