@@ -97,6 +97,8 @@ class Gateway:
             return "shutting down"
         if not self.connected:
             return "not connected to the broker"
+        if (problem := self.core.journal_problem) is not None:
+            return f"the journal cannot be written: {problem}"
         if not self.fleet.started:
             return f"devices still connecting: {', '.join(self.fleet.still_connecting())}"
         return None
@@ -191,6 +193,7 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as tasks:
                 background = await self._start_background(tasks)
+                await self.core.open_journal()  # before any command can come
                 tasks.create_task(self.core.run(), name="core")
                 session = tasks.create_task(self.session.run(), name="mqtt")
                 await self.should_exit.wait()

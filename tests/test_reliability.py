@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.supervisor import Gateway
 from tests.conftest import config_data, gateway_process, started
-from tests.probe import Probe
+from tests.probe import Probe, Received
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,6 +38,18 @@ def results_by_id(probe: Probe, device: str) -> dict[str, list[Any]]:
         body = message.json
         grouped[body["id"]].append(body)
     return grouped
+
+
+def repeat_of(command_id: str) -> Callable[[Received], bool]:
+    """Matches a ``duplicate: true`` result of ``command_id``."""
+
+    def match(message: Received) -> bool:
+        if not message.topic.endswith("/result"):
+            return False
+        body = message.json
+        return bool(body["id"] == command_id and body["duplicate"])
+
+    return match
 
 
 def assert_each_ran_once(probe: Probe, sent: list[str]) -> None:
@@ -89,10 +101,11 @@ async def test_broker_killed_with_a_resending_client_completes_every_id_once(
         assert_each_ran_once(probe, sent)
 
 
-async def test_gateway_killed_loses_no_received_command(
+async def test_gateway_killed_runs_no_id_twice_and_answers_the_cut_off_interrupted(
     broker: Broker, probe: Probe, write_config: Callable[[dict[str, Any]], Path]
 ) -> None:
-    data = config_data(broker, devices=[{**COUNTER, "latency": 0.2}])
+    """Contract 10: across a SIGKILL, each id is answered once and runs at most once."""
+    data = config_data(broker, devices=[{**COUNTER, "latency": 0.3}])
     path = write_config(data)
     sent = ids(10)
     with gateway_process(path) as first:
@@ -100,14 +113,35 @@ async def test_gateway_killed_loses_no_received_command(
         for command_id in sent:
             await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
         await probe.result("c", sent[1])
-        # Eight commands are received (queued or running) but not answered.
+        await asyncio.sleep(0.1)  # the third is running: its "started" is journaled
+        # The rest are received (one running, the others queued) but not answered.
         first.send_signal(signal.SIGKILL)
         await first.wait(10)
-    answered_before = set(results_by_id(probe, "c"))
-    assert len(answered_before) < len(sent)
+    before = results_by_id(probe, "c")
+    assert len(before) < len(sent)
+    mark = len(probe.messages)
     with gateway_process(path):
+        for command_id in sent:  # the broker redelivers what was not acknowledged
+            await probe.result("c", command_id, timeout=15)
+        for command_id in sent:  # and a client resends every id
+            await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
         for command_id in sent:
-            assert (await probe.result("c", command_id, timeout=15))["status"] == "ok"
+            await probe.wait_for(repeat_of(command_id), since=mark)
+    grouped = results_by_id(probe, "c")
+    firsts = {cid: [r for r in grouped[cid] if not r["duplicate"]] for cid in sent}
+    assert all(len(answers) <= 1 for answers in firsts.values()), "an id answered twice"
+    statuses = {cid: answers[0]["error"] for cid, answers in firsts.items() if answers}
+    interrupted = [cid for cid, error in statuses.items() if error is not None]
+    assert interrupted, "the running command was not answered interrupted"
+    assert all(statuses[cid]["code"] == "interrupted" for cid in interrupted)
+    # The second run's counter counted only the ids it ran, each once.
+    second = [firsts[cid][0] for cid in sent if cid not in before and cid not in interrupted]
+    assert sorted(r["state"]["count"] for r in second) == list(range(1, len(second) + 1))
+    # Every repeat answers as the first answer did, and nothing ran again.
+    for cid in sent:
+        assert {r["status"] for r in grouped[cid]} == {grouped[cid][0]["status"]}
+    counts = [m.json["count"] for m in probe.messages[mark:] if m.topic == "iot/c/state"]
+    assert counts[-1] == len(second)
 
 
 async def test_a_slow_command_does_not_hold_back_other_devices(

@@ -55,6 +55,7 @@ __all__ = [  # the checks are here too, where their callers have always found th
     "Tls",
     "check_device_graph",
     "check_scenes",
+    "default_journal_path",
     "describe_errors",
     "environment_overrides",
     "load_config",
@@ -129,6 +130,20 @@ class MqttSettings(_Section):
         return "5" if value == 5 and not isinstance(value, bool) else value  # noqa: PLR2004
 
 
+def default_journal_path() -> Path:
+    """Where the journal lives unless ``gateway.journal`` says otherwise.
+
+    ``$STATE_DIRECTORY`` when systemd sets it (``StateDirectory=``, also set by
+    docker-compose.yml), else ``$XDG_STATE_HOME/iot-gateway`` (by default
+    ``~/.local/state/iot-gateway``), which a normal user can write.
+    """
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / "journal.sqlite3"
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
+    return Path(xdg) / "iot-gateway" / "journal.sqlite3"
+
+
 class GatewaySettings(_Section):
     """How commands are run."""
 
@@ -141,6 +156,10 @@ class GatewaySettings(_Section):
     dedupe_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """The most bytes of stored results the dedupe window may hold."""
     device_retry: Backoff = Backoff(min_delay=1, max_delay=60)
+    journal: Path | None = Field(default_factory=default_journal_path)
+    """The SQLite file that makes command ids durable (contract 10); null for none."""
+    journal_sync: Literal["normal", "full"] = "normal"
+    """``normal``: each record reaches the OS (survives a killed gateway); ``full``: fsync."""
 
 
 class HttpSettings(_Section):
@@ -181,7 +200,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     mqtt: MqttSettings = MqttSettings()
-    gateway: GatewaySettings = GatewaySettings()
+    # A factory: the default journal path is read from the environment at load time.
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     http: HttpSettings | None = None
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     logging: LoggingSettings = LoggingSettings()

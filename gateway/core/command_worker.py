@@ -16,6 +16,8 @@ from gateway.core.errors import CommandError, ErrorCode
 from gateway.core.wakeup import Wakeup
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from devices import Adapter, Params
 
 log = logging.getLogger(__name__)
@@ -23,13 +25,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Job:
-    """A queued command; ``done`` gets its result."""
+    """A queued command; ``done`` gets its result.
+
+    ``before_run``, when set, is awaited just before the adapter is called (the
+    journal's durable "started" record); an error it returns is the answer instead.
+    """
 
     command: Command
     params: Params
     done: asyncio.Future[Result] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    before_run: Callable[[], Awaitable[CommandError | None]] | None = None
 
     def finish(self, result: Result) -> None:
         """Answer once; later answers (there should be none) are ignored."""
@@ -79,6 +86,7 @@ class CommandWorker:
         "_jobs",
         "_phase",
         "_queue_size",
+        "_starting",
         "_timeout",
     )
 
@@ -98,6 +106,7 @@ class CommandWorker:
         self._jobs: collections.deque[Job] | None = None
         self._in_hand: Job | None = None  # taken from the queue, not yet answered
         self._deadline: asyncio.Timeout | None = None  # the running action's, while one runs
+        self._starting = False  # waiting for its journal record: running, for shutdown
 
     @property
     def queue_depth(self) -> int:
@@ -107,7 +116,7 @@ class CommandWorker:
     @property
     def busy(self) -> bool:
         """An action is running right now."""
-        return self._deadline is not None
+        return self._deadline is not None or self._starting
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` or raise why not (shutting down, unavailable, expired, busy)."""
@@ -157,7 +166,7 @@ class CommandWorker:
             error = refusal
         elif _expired(command):
             error = CommandError(ErrorCode.EXPIRED, "expires_at passed before the command started")
-        else:
+        elif job.before_run is None or (error := await self._before_run(job)) is None:
             error = await self._call_adapter(command.action, job.params)
             state = dict(self._adapter.state)
         return Result(
@@ -169,6 +178,15 @@ class CommandWorker:
             duration_ms=(time.monotonic() - started) * 1000,
             started_at=started_at,
         )
+
+    async def _before_run(self, job: Job) -> CommandError | None:
+        assert job.before_run is not None  # noqa: S101 - the caller checked
+        self._starting = True
+        try:
+            return await job.before_run()
+        finally:
+            self._starting = False
+            self._changed.fire()  # for until_idle
 
     async def _call_adapter(self, action: str, params: Params) -> CommandError | None:
         """Run the action under its timeout; map every failure to an error code."""
@@ -216,7 +234,7 @@ class CommandWorker:
         await self._changed.until(self._idle)
 
     def _idle(self) -> bool:
-        return self._deadline is None
+        return not self.busy
 
     def cancel_running(self) -> None:
         """Cancel the running action now (the grace period is over)."""

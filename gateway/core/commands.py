@@ -28,6 +28,8 @@ class Command:
     id: str = field(default_factory=new_id)
     params: dict[str, Any] = field(default_factory=dict)
     expires_at: float | None = None
+    given_id: bool = field(default=False, compare=False)
+    """The id came with the command (not made by the gateway): it is journaled."""
 
 
 class InvalidCommandError(CommandError):
@@ -101,6 +103,7 @@ def _command_from_json(data: object) -> Command:
         id=readable_id or new_id(),
         params=params,
         expires_at=expires_at,
+        given_id=readable_id is not None,
     )
 
 

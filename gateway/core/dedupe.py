@@ -23,6 +23,21 @@ log = logging.getLogger(__name__)
 Answered = tuple[bytes, str | None, str]
 
 
+class Interrupted:
+    """A command the journal says started but never finished (a crash cut it off)."""
+
+    __slots__ = ()
+
+
+INTERRUPTED = Interrupted()
+
+
+def compact(result: Result, payload: bytes) -> Answered:
+    """``result``, published as ``payload``, as repeats of its id are answered."""
+    error = result.error
+    return (payload, None, "") if error is None else (payload, error.code.value, error.message)
+
+
 # Bytes an entry costs beyond its payload: its key, tuples, the ordered dict's node.
 ENTRY_OVERHEAD = 600
 
@@ -45,7 +60,7 @@ class DedupeWindow:
         self._bytes = 0
         # (device, id) -> (when seen, future or compact result, its size in bytes)
         self._seen: collections.OrderedDict[
-            tuple[str, str], tuple[float, asyncio.Future[Result] | Answered, int]
+            tuple[str, str], tuple[float, asyncio.Future[Result] | Answered | Interrupted, int]
         ] = collections.OrderedDict()
         self._warned = False
 
@@ -58,7 +73,9 @@ class DedupeWindow:
         """The estimated bytes the remembered results hold."""
         return self._bytes
 
-    def get(self, device: str, command_id: str) -> asyncio.Future[Result] | Answered | None:
+    def get(
+        self, device: str, command_id: str
+    ) -> asyncio.Future[Result] | Answered | Interrupted | None:
         """The first run's result (maybe still to come) if the id is in the window."""
         self._expire(time.monotonic())
         entry = self._seen.get((device, command_id))
@@ -74,6 +91,27 @@ class DedupeWindow:
         self._bytes += size
         self._keep_within_bounds(now)
 
+    def restore(
+        self, device: str, command_id: str, age: float, answer: Answered | Interrupted
+    ) -> None:
+        """Remember what the journal held from before a restart, seen ``age`` seconds ago.
+
+        Restored oldest first, so the window stays in time order.
+        """
+        now = time.monotonic()
+        size = ENTRY_OVERHEAD + len(device) + len(command_id)
+        if isinstance(answer, tuple):
+            size += len(answer[0]) + len(answer[2])
+        self._seen[device, command_id] = (now - age, answer, size)
+        self._bytes += size
+        self._keep_within_bounds(now)
+
+    def forget(self, device: str, command_id: str) -> None:
+        """Forget an id (its command was refused after all: it may be sent again)."""
+        entry = self._seen.pop((device, command_id), None)
+        if entry is not None:
+            self._bytes -= entry[2]
+
     def answered(self, device: str, command_id: str, result: Result, payload: bytes) -> None:
         """The command remembered as ``device``/``command_id`` was answered with ``payload``.
 
@@ -83,12 +121,9 @@ class DedupeWindow:
         entry = self._seen.get(key)
         if entry is None or isinstance(entry[1], tuple):
             return
-        error = result.error
-        compact: Answered = (
-            (payload, None, "") if error is None else (payload, error.code.value, error.message)
-        )
-        size = ENTRY_OVERHEAD + len(device) + len(command_id) + len(payload) + len(compact[2])
-        self._seen[key] = (entry[0], compact, size)
+        answer = compact(result, payload)
+        size = ENTRY_OVERHEAD + len(device) + len(command_id) + len(payload) + len(answer[2])
+        self._seen[key] = (entry[0], answer, size)
         self._bytes += size - entry[2]
         self._keep_within_bounds(time.monotonic())
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.core.commands import InvalidCommandError, Result, as_duplicate, new_id, parse_command
-from gateway.core.dedupe import DedupeWindow
+from gateway.core.dedupe import INTERRUPTED, DedupeWindow, Interrupted, compact
 from gateway.core.describe import register as register_describe
 from gateway.core.device_runner import Job
 from gateway.core.errors import CommandError, ErrorCode, validate_params
 from gateway.core.events import CommandAccepted, EventStream, ResultPublished
 from gateway.core.gateway_commands import GatewayCommands
+from gateway.core.journal import JournalUnavailableError
 from gateway.core.lifecycle import Lifecycle
 from gateway.core.logs import Throttle, shorten
 from gateway.core.messages import Inbound, Outbound, answering
@@ -20,13 +23,13 @@ from gateway.core.scenes import register as register_scenes
 from gateway.core.topics import GATEWAY
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from gateway.config import GatewaySettings
     from gateway.core.commands import Command
     from gateway.core.dedupe import Answered
     from gateway.core.fleet import Fleet
+    from gateway.core.journal import Journal, Record
     from gateway.core.scenes import SceneRunner
     from gateway.core.topics import Topics
 
@@ -46,8 +49,12 @@ class Dispatcher:
         *,
         lifecycle: Lifecycle | None = None,
         events: EventStream | None = None,
+        journal: Journal | None = None,
     ) -> None:
-        """Wire the dispatcher to the devices, the gateway's own commands and the outbox."""
+        """Wire the dispatcher to the devices, the gateway's own commands and the outbox.
+
+        With a ``journal``, device commands with ids are recorded there (contract 10).
+        """
         self._settings = settings
         self._topics = topics
         self._fleet = fleet
@@ -60,6 +67,21 @@ class Dispatcher:
         )
         self._refusal_log = Throttle()
         self._lifecycle = Lifecycle() if lifecycle is None else lifecycle
+        self._journal = journal
+        self._journal_writes: set[asyncio.Future[None]] = set()  # results waiting on them
+        self._journal_log = Throttle()
+
+    def restore(self, records: list[Record]) -> None:
+        """Remember what the journal held from before (oldest first)."""
+        now = time.time()
+        for device, command_id, seen, answered in records:
+            answer = INTERRUPTED if answered is None else answered
+            self._dedupe.restore(device, command_id, now - seen, answer)
+
+    async def journal_settled(self) -> None:
+        """Wait until every result waiting for its journal record is published."""
+        while self._journal_writes:
+            await asyncio.wait(set(self._journal_writes))
 
     def on_message(self, message: Inbound) -> None:
         """Handle one inbound message; every command message gets one result."""
@@ -125,7 +147,11 @@ class Dispatcher:
         if isinstance(first_run, tuple):
             answer(_repeat(device, command, first_run), as_duplicate(first_run[0]))
             return
-        if first_run is not None:
+        if isinstance(first_run, Interrupted):
+            # Started before a crash, never finished: answered, not run again.
+            self._dedupe.forget(device, command.id)
+            start = self._interrupted(device, command)
+        elif first_run is not None:
             _when_done(first_run, lambda result: answer(_as_duplicate(result)))
             return
         if not self._lifecycle.accepting:
@@ -134,13 +160,72 @@ class Dispatcher:
         self._dedupe.remember(device, command.id, done)
         if self._events.wanted:
             self._events.emit(CommandAccepted(device, command.id, command.action))
+        journal = self._journal_for(device, command)
 
         def first_run_answered(result: Result) -> None:
             payload = result.to_json()  # once: published, and kept for repeats
+            if result.error is not None and result.error.code is ErrorCode.JOURNAL_UNAVAILABLE:
+                self._dedupe.forget(device, command.id)  # refused: may be sent again
+                answer(result, payload)
+                return
             self._dedupe.answered(device, command.id, result, payload)
-            answer(result, payload)
+            if journal is None:
+                answer(result, payload)
+                return
+            # Recorded before it is published: a repeat after a crash gets this result.
+            written = journal.finished(device, command.id, compact(result, payload))
+            self._after(written, command.id, lambda: answer(result, payload))
 
         _when_done(done, first_run_answered)
+
+    def _journal_for(self, device: str, command: Command) -> Journal | None:
+        """The journal, if this command is recorded there: a device's, with its own id."""
+        if command.given_id and device != GATEWAY:
+            return self._journal
+        return None
+
+    def _after(
+        self, written: asyncio.Future[None], command_id: str, publish: Callable[[], None]
+    ) -> None:
+        self._journal_writes.add(written)
+
+        def then(future: asyncio.Future[None]) -> None:
+            self._journal_writes.discard(future)
+            if future.exception() is not None:
+                self._log_unrecorded(command_id, future.exception())
+            publish()
+
+        written.add_done_callback(then)
+
+    def _log_unrecorded(self, command_id: str, exc: BaseException | None) -> None:
+        held_back = self._journal_log.allow()
+        if held_back is not None:
+            log.warning(
+                "command %s: its result is published but not journaled (%s)%s",
+                shorten(command_id),
+                exc,
+                f" ({held_back} more such lines held back)" if held_back else "",
+            )
+
+    def _interrupted(self, device: str, command: Command) -> Callable[[], asyncio.Future[Result]]:
+        runner = self._fleet.get(device)
+
+        def answer_now() -> asyncio.Future[Result]:
+            done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+            error = CommandError(
+                ErrorCode.INTERRUPTED,
+                "the gateway stopped (crashed or was killed) while this command ran; "
+                "it was not run again: check the device's state",
+            )
+            state = None if runner is None else dict(runner.adapter.state)
+            done.set_result(
+                Result(
+                    id=command.id, device=device, action=command.action, error=error, state=state
+                )
+            )
+            return done
+
+        return answer_now
 
     def _prepare(self, device: str, command: Command) -> Callable[[], asyncio.Future[Result]]:
         """Check device, action and params; return what starts the command."""
@@ -151,8 +236,16 @@ class Dispatcher:
             raise CommandError(ErrorCode.UNKNOWN_DEVICE, f"no device {device!r}")
         actions = runner.adapter_type.actions_for(runner.config)
         job = Job(command, validate_params(actions, command.action, command.params))
+        journal = self._journal_for(device, command)
+        if journal is not None:
+            job.before_run = _durable_start(journal, device, command.id)
 
         def submit() -> asyncio.Future[Result]:
+            if journal is not None and journal.problem is not None:
+                # In the contract's order: after the device's refusals, before busy.
+                if (refusal := runner.refusal()) is not None:
+                    raise refusal
+                raise _journal_unavailable(journal.problem)
             runner.submit(job)
             return job.done
 
@@ -216,6 +309,28 @@ def _log_error(result: Result) -> None:
         result.error.code.value,
         result.error.message,
     )
+
+
+def _journal_unavailable(problem: str) -> CommandError:
+    return CommandError(
+        ErrorCode.JOURNAL_UNAVAILABLE,
+        f"the journal cannot be written ({problem}); nothing ran: resend later",
+    )
+
+
+def _durable_start(
+    journal: Journal, device: str, command_id: str
+) -> Callable[[], Awaitable[CommandError | None]]:
+    """What the worker awaits before calling the adapter: the durable "started" record."""
+
+    async def started() -> CommandError | None:
+        try:
+            await journal.started(device, command_id)
+        except JournalUnavailableError as exc:
+            return _journal_unavailable(str(exc))
+        return None
+
+    return started
 
 
 class _Answer(Protocol):

@@ -26,12 +26,14 @@ class ErrorCode(enum.StrEnum):
     INVALID_PARAMS = "invalid_params"
     DEVICE_UNAVAILABLE = "device_unavailable"
     DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"
     BUSY = "busy"
     EXPIRED = "expired"
     PRECONDITION_FAILED = "precondition_failed"
     DEVICE_ERROR = "device_error"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
     STEP_FAILED = "step_failed"
 
 

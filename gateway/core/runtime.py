@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway.core.dispatcher import Dispatcher
 from gateway.core.fleet import Fleet
+from gateway.core.journal import Journal
 from gateway.core.lifecycle import Lifecycle, Stage
 from gateway.core.messages import Outbox
 from gateway.core.scenes import SceneRunner
@@ -54,6 +55,19 @@ class Core:
         self.fleet = Fleet(
             config, registry, topics, self.outbox.put, on_status=self._status, events=events
         )
+        gateway = settings.gateway
+        self.journal = (
+            None
+            if gateway.journal is None
+            else Journal(
+                gateway.journal,
+                sync=gateway.journal_sync,
+                window=gateway.dedupe_window,
+                max_bytes=gateway.dedupe_max_bytes,
+                on_change=on_status,
+            )
+        )
+        self._journal_opened = False
         self.scenes = SceneRunner(settings.scenes, self.fleet, registry, self.lifecycle)
         self.dispatcher = Dispatcher(
             settings.gateway,
@@ -63,6 +77,7 @@ class Core:
             self.scenes,
             lifecycle=self.lifecycle,
             events=events,
+            journal=self.journal,
         )
         self._grace = settings.gateway.shutdown_grace
         self._scenes_done = asyncio.Event()
@@ -73,8 +88,21 @@ class Core:
         """Where the core is in its life."""
         return self.lifecycle.stage
 
+    @property
+    def journal_problem(self) -> str | None:
+        """Why the journal cannot be written now, or None (also with no journal)."""
+        return None if self.journal is None else self.journal.problem
+
+    async def open_journal(self) -> None:
+        """Open the journal and remember what it holds; before commands come (once)."""
+        if self.journal is None or self._journal_opened:
+            return
+        self._journal_opened = True
+        self.dispatcher.restore(await self.journal.open())
+
     async def run(self) -> None:
         """Run the devices and scenes; returns once ``drain`` has finished them."""
+        await self.open_journal()
         self._running = True
         self._status()  # with no devices, it is running at once
         try:
@@ -96,6 +124,9 @@ class Core:
         await self.fleet.shutdown(self._grace if grace is None else grace)
         if self._running:
             await self._scenes_done.wait()
+        await self.dispatcher.journal_settled()
+        if self.journal is not None and self._journal_opened:
+            await self.journal.close()
         self.lifecycle.stage = Stage.STOPPED
 
     def _status(self) -> None:

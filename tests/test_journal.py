@@ -1,0 +1,159 @@
+"""The journal on its own: records, group commits, bounds, corruption and recovery (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gateway.core.journal import Journal, JournalUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from gateway.core.journal import Record
+
+OK = (b'{"status":"ok"}', None, "")
+
+
+def journal_at(path: Path, **options: float) -> Journal:
+    settings = {"window": 600.0, "max_bytes": 1 << 20, "retry_interval": 0.05, **options}
+    return Journal(
+        path,
+        window=settings["window"],
+        max_bytes=int(settings["max_bytes"]),
+        retry_interval=settings["retry_interval"],
+    )
+
+
+async def reopened(path: Path, **options: float) -> list[Record]:
+    journal = journal_at(path, **options)
+    records = await journal.open()
+    await journal.close()
+    return records
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    opened = journal_at(tmp_path / "journal.sqlite3")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def until(condition: object, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not callable(condition) or not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+async def test_started_and_finished_records_are_read_back_in_order(journal: Journal) -> None:
+    await journal.started("c", "a")
+    await journal.started("c", "b")
+    await journal.finished("c", "b", OK)
+    await journal.finished("c", "x", (b"{}", "expired", "too late"))
+    await journal.close()
+    records = await reopened(journal.path)
+    assert [(d, i, a) for d, i, _, a in records] == [
+        ("c", "a", None),  # started, never finished: interrupted
+        ("c", "b", OK),
+        ("c", "x", (b"{}", "expired", "too late")),
+    ]
+
+
+async def test_records_asked_for_in_one_pass_are_one_transaction(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions: list[int] = []
+    write = Journal._transaction  # noqa: SLF001 - counting the transactions
+
+    def counted(self: Journal, db: sqlite3.Connection, records: list[Record]) -> None:
+        transactions.append(len(records))
+        write(self, db, records)
+
+    monkeypatch.setattr(Journal, "_transaction", counted)
+    await asyncio.gather(*(journal.started("c", f"id-{n}") for n in range(500)))
+    assert sum(transactions) == 500
+    assert len(transactions) == 1
+
+
+async def test_expired_records_are_not_read_back_and_are_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = journal_at(path, window=0.2)
+    await journal.open()
+    await journal.finished("c", "old", OK)
+    await asyncio.sleep(0.3)
+    assert await reopened(path, window=0.2) == []
+    await journal.finished("c", "new", OK)  # its transaction prunes the expired row
+    await journal.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT id FROM commands").fetchall() == [("new",)]
+
+
+async def test_the_byte_budget_forgets_the_oldest_first(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = journal_at(path, max_bytes=20_000)
+    await journal.open()
+    big = (b"x" * 1000, None, "")
+    for n in range(60):
+        await journal.finished("c", f"id-{n}", big)
+    await journal.close()
+    kept = [command_id for _, command_id, _, _ in await reopened(path)]
+    assert "id-59" in kept
+    assert "id-0" not in kept
+    assert len(kept) < 60
+
+
+async def test_a_corrupt_file_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"this is not a database, " * 200)
+    journal = journal_at(path)
+    assert await journal.open() == []
+    await until(lambda: journal.problem is None)
+    await journal.started("c", "a")
+    await journal.close()
+    assert await asyncio.to_thread(lambda: list(tmp_path.glob("journal.sqlite3.corrupt-*")))
+    assert "is corrupt" in caplog.text
+    assert [i for _, i, _, _ in await reopened(path)] == ["a"]
+
+
+async def test_an_unwritable_journal_refuses_then_recovers_by_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Root writes through permissions; a directory that is a regular file stops anyone.
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    journal = journal_at(blocker / "journal.sqlite3")
+    assert await journal.open() == []
+    await until(lambda: journal.problem is not None)
+    with pytest.raises(JournalUnavailableError):
+        await journal.started("c", "a")
+    blocker.unlink()
+    await until(lambda: journal.problem is None)
+    await journal.started("c", "a")
+    await journal.close()
+    assert caplog.text.count("cannot be written") == 1  # logged once, with what to do
+    assert "writable again" in caplog.text
+
+
+async def test_a_failing_write_fails_its_records_and_the_journal_recovers(
+    journal: Journal,
+) -> None:
+    await journal.started("c", "warm")
+    # What a full disk does: SQLite cannot grow the file (SQLITE_FULL).
+    assert journal._db is not None  # noqa: SLF001 - the test reaches in to fill the disk
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]  # noqa: SLF001
+    journal._db.execute(f"PRAGMA max_page_count={pages}")  # noqa: SLF001
+    big = (b"x" * 100_000, None, "")
+    with pytest.raises(JournalUnavailableError, match="full"):
+        await journal.finished("c", "big", big)
+    # The retry reopens the file (a fresh connection: room again).
+    await until(lambda: journal.problem is None)
+    await journal.finished("c", "big", big)

@@ -1,0 +1,116 @@
+"""The journal in a running gateway: ids durable across restarts, refusals while unwritable."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from tests.conftest import config_data, gateway_process, started
+from tests.test_reliability import COUNTER, ids, results_by_id
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from gateway import Config
+    from tests.broker import Broker
+    from tests.probe import Probe
+
+
+async def readyz(port: int | None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/readyz") as response,
+    ):
+        return response.status, await response.text()
+
+
+async def without_an_id(probe: Probe, device: str, action: str) -> Any:
+    """Send a bare action (the gateway makes its id) and return its result."""
+    mark = len(probe.messages)
+    await probe.publish(f"iot/{device}/command", action.encode())
+    [found] = await probe.wait_for(
+        lambda m: m.topic == f"iot/{device}/result" and m.json["id"].startswith("gw-"),
+        since=mark,
+    )
+    return found.json
+
+
+async def test_a_repeated_id_after_a_restart_is_answered_from_the_journal(
+    broker: Broker, probe: Probe, write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    path = write_config(config_data(broker, devices=[COUNTER]))
+    sent = ids(20)
+    with gateway_process(path) as first:
+        await probe.wait_for(lambda m: m.topic == "iot/c/availability" and m.payload == b"online")
+        for command_id in sent:
+            await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
+        firsts = [await probe.result("c", command_id) for command_id in sent]
+        first.send_signal(signal.SIGTERM)
+        assert await first.wait(15) == 0
+    mark = len(probe.messages)
+    with gateway_process(path):
+        await probe.wait_for(
+            lambda m: m.topic == "iot/c/availability" and m.payload == b"online", since=mark
+        )
+        for command_id in sent:
+            await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
+        repeats = [await probe.result("c", command_id, since=mark) for command_id in sent]
+        # Nothing ran again: a command without an id is the counter's first.
+        fresh = await probe.command("c", {"action": "increment"})
+    assert all(r["duplicate"] for r in repeats)
+    assert [r["state"] for r in repeats] == [r["state"] for r in firsts]
+    assert fresh["state"] == {"count": 1}
+
+
+async def test_an_unwritable_journal_refuses_ids_runs_the_rest_and_recovers(
+    make_config: Callable[..., Config], probe: Probe, tmp_path: Path
+) -> None:
+    # As root, permissions stop no write; a directory that is a regular file stops anyone.
+    blocker = tmp_path / "journal-dir"
+    blocker.write_text("not a directory")
+    gateway_settings = {"journal": str(blocker / "journal.sqlite3")}
+    config = make_config(devices=[COUNTER], gateway=gateway_settings, http={"port": 0})
+    async with started(config, probe) as gateway:
+        refused = await probe.command("c", {"action": "increment", "id": "with-id"})
+        assert refused["error"]["code"] == "journal_unavailable"
+        assert refused["state"] is None
+        status, reason = await readyz(gateway.http_port)
+        assert status == 503
+        assert "journal" in reason
+        without_id = await without_an_id(probe, "c", "increment")
+        assert without_id["status"] == "ok"
+        assert without_id["state"] == {"count": 1}
+        blocker.unlink()  # writable again: the gateway notices by itself
+        deadline = time.monotonic() + 10
+        while (await readyz(gateway.http_port))[0] != 200:
+            assert time.monotonic() < deadline, "never recovered"
+            await asyncio.sleep(0.1)
+        mark = len(probe.messages)
+        await probe.publish("iot/c/command", {"action": "increment", "id": "with-id"})
+        ran = await probe.result("c", "with-id", since=mark)
+        assert ran["status"] == "ok"  # refused before: not remembered, so it runs now
+        assert not ran["duplicate"]
+        assert ran["state"] == {"count": 2}
+    assert len([r for r in results_by_id(probe, "c")["with-id"] if r["status"] == "ok"]) == 1
+
+
+async def test_a_corrupt_journal_at_start_is_moved_aside(
+    make_config: Callable[..., Config],
+    probe: Probe,
+    tmp_path: Path,
+    caplog: Any,
+) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    journal.write_bytes(b"garbage, not SQLite " * 500)
+    config = make_config(devices=[COUNTER], gateway={"journal": str(journal)})
+    async with started(config, probe):
+        result = await probe.command("c", {"action": "increment", "id": "after-corruption"})
+        assert result["status"] == "ok"
+    aside = await asyncio.to_thread(lambda: list(tmp_path.glob("journal.sqlite3.corrupt-*")))
+    assert len(aside) == 1
+    assert "is corrupt" in caplog.text
