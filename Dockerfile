@@ -36,12 +36,15 @@ FROM ${PYTHON_IMAGE}
 # python:3.11-slim ships pip and setuptools (and, in older builds, wheel) in
 # the system Python; the gateway's venv has none of them and needs none, so
 # they go (a package that is absent is skipped). A fixed numeric id, so
-# orchestrators can verify the image runs as non-root.
+# orchestrators can verify the image runs as non-root. /var/lib/iot-gateway is
+# for the command journal, the user's own: a named volume mounted there takes
+# its owner (docker-compose.yml sets gateway.journal to a file in it).
 RUN PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
     python -m pip uninstall --yes --quiet pip setuptools wheel \
  && groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin gateway
+        --home-dir /nonexistent --shell /usr/sbin/nologin gateway \
+ && install -d -m 0700 -o gateway -g gateway /var/lib/iot-gateway
 
 COPY --from=builder /opt/venv /opt/venv
 
