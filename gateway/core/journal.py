@@ -343,19 +343,23 @@ class Journal:
     def _prune(self, db: sqlite3.Connection) -> None:
         """Forget expired rows, and the oldest beyond the byte budget, a batch at a time."""
         cutoff = time.time() - self._window
+        # Rows are in time order: look at the oldest alone, and when it is due, read
+        # only the oldest batch, never the whole table.
+        oldest = db.execute("SELECT seen FROM commands ORDER BY rowid LIMIT 1").fetchone()
+        if oldest is not None and oldest[0] < cutoff:
+            self._delete_oldest(db, cutoff)
+        if self._bytes > self._max_bytes:
+            self._delete_oldest(db, None)
+
+    def _delete_oldest(self, db: sqlite3.Connection, cutoff: float | None) -> None:
+        """Delete up to a batch of the oldest rows (only those older than ``cutoff``)."""
+        cutoff = float("inf") if cutoff is None else cutoff
         freed = db.execute(
             "DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands "
-            "WHERE seen < ? ORDER BY rowid LIMIT ?) RETURNING size",
-            (cutoff, PRUNE_BATCH),
+            "ORDER BY rowid LIMIT ?) AND seen < ? RETURNING size",
+            (PRUNE_BATCH, cutoff),
         ).fetchall()
         self._bytes -= sum(size for (size,) in freed)
-        if self._bytes > self._max_bytes:
-            freed = db.execute(
-                "DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands "
-                "ORDER BY rowid LIMIT ?) RETURNING size",
-                (PRUNE_BATCH,),
-            ).fetchall()
-            self._bytes -= sum(size for (size,) in freed)
 
     def _reopen(self) -> None:
         """Try the file again (it may be writable by now)."""
