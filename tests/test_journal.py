@@ -157,3 +157,9 @@ async def test_a_failing_write_fails_its_records_and_the_journal_recovers(
     # The retry reopens the file (a fresh connection: room again).
     await until(lambda: journal.problem is None)
     await journal.finished("c", "big", big)
+
+
+async def test_a_record_after_close_fails_at_once(journal: Journal) -> None:
+    await journal.close()
+    with pytest.raises(JournalUnavailableError, match="closed"):
+        await journal.started("c", "late")

@@ -118,6 +118,7 @@ class Journal:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        self.problem = "closed"  # a record asked for now fails at once, not never
 
     def started(self, device: str, command_id: str) -> asyncio.Future[None]:
         """Record that the command is about to run; resolved once durable."""
