@@ -184,3 +184,40 @@ async def test_2000_ids_across_5_gateway_kills_each_answered_once_none_run_twice
         dict(codes),
         sum(not answers for answers in firsts.values()),
     )
+
+
+async def test_a_step_list_cut_off_by_a_kill_runs_no_step_twice(
+    broker: Broker, probe: Probe, write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    devices = [
+        {"id": "c", "type": "simulated.counter", "latency": 0.05},
+        {"id": "d", "type": "simulated.counter", "latency": 3},
+    ]
+    path = write_config(config_data(broker, devices=devices))
+    steps = [
+        {"id": "one", "device": "c", "action": "increment"},
+        {"id": "two", "device": "d", "action": "increment", "after": ["one"]},
+    ]
+    command = {"action": "run_steps", "id": "scene-1", "params": {"steps": steps}}
+    with gateway_process(path) as first:
+        await probe.wait_for(lambda m: m.topic == "iot/d/availability" and m.payload == b"online")
+        await probe.publish("iot/gateway/command", command)
+        # Step one is done, step two is running: kill.
+        await probe.wait_for(lambda m: m.topic == "iot/c/state" and m.json == {"count": 1})
+        await asyncio.sleep(0.5)
+        first.send_signal(signal.SIGKILL)
+        await first.wait(10)
+    mark = len(probe.messages)
+    with gateway_process(path):
+        # The broker delivers the step list again: nothing of it runs again.
+        result = await probe.result("gateway", "scene-1", since=mark, timeout=15)
+        again = len(probe.messages)
+        await probe.publish("iot/gateway/command", command)
+        repeat = await probe.result("gateway", "scene-1", since=again)
+        counted = await probe.command("c", {"action": "increment"})
+    assert result["error"]["code"] == "step_failed"
+    assert result["steps"]["one"]["status"] == "ok"
+    assert result["steps"]["one"]["duplicate"] is True
+    assert result["steps"]["two"]["error"]["code"] == "interrupted"
+    assert repeat["duplicate"] is True
+    assert counted["state"] == {"count": 1}  # step one did not run again in the second run

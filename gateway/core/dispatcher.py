@@ -78,6 +78,11 @@ class Dispatcher:
             answer = INTERRUPTED if answered is None else answered
             self._dedupe.restore(device, command_id, now - seen, answer)
 
+    def recall(self, device: str, command_id: str) -> Answered | Interrupted | None:
+        """What is remembered of a finished (or interrupted) id, if anything."""
+        remembered = self._dedupe.get(device, command_id)
+        return remembered if isinstance(remembered, tuple | Interrupted) else None
+
     async def journal_settled(self) -> None:
         """Wait until every result waiting for its journal record is published."""
         while self._journal_writes:
@@ -160,7 +165,7 @@ class Dispatcher:
         self._dedupe.remember(device, command.id, done)
         if self._events.wanted:
             self._events.emit(CommandAccepted(device, command.id, command.action))
-        journal = self._journal_for(device, command)
+        journal = self._journal_for(command)
 
         def first_run_answered(result: Result) -> None:
             payload = result.to_json()  # once: published, and kept for repeats
@@ -178,11 +183,13 @@ class Dispatcher:
 
         _when_done(done, first_run_answered)
 
-    def _journal_for(self, device: str, command: Command) -> Journal | None:
-        """The journal, if this command is recorded there: a device's, with its own id."""
-        if command.given_id and device != GATEWAY:
-            return self._journal
-        return None
+    def _journal_for(self, command: Command) -> Journal | None:
+        """The journal, if this command is recorded there: one with its own id.
+
+        A gateway command (a scene, a step list) gets only a finished record: its
+        steps are journaled one by one as they run (``SceneRunner.journal_steps``).
+        """
+        return self._journal if command.given_id else None
 
     def _after(
         self, written: asyncio.Future[None], command_id: str, publish: Callable[[], None]
@@ -236,7 +243,7 @@ class Dispatcher:
             raise CommandError(ErrorCode.UNKNOWN_DEVICE, f"no device {device!r}")
         actions = runner.adapter_type.actions_for(runner.config)
         job = Job(command, validate_params(actions, command.action, command.params))
-        journal = self._journal_for(device, command)
+        journal = self._journal_for(command)
         if journal is not None:
             job.before_run = _durable_start(journal, device, command.id)
 

@@ -79,6 +79,8 @@ class Core:
             events=events,
             journal=self.journal,
         )
+        if self.journal is not None:
+            self.scenes.journal_steps(self.journal, self.dispatcher.recall)
         self._grace = settings.gateway.shutdown_grace
         self._scenes_done = asyncio.Event()
         self._running = False

@@ -8,6 +8,7 @@ and plain commands alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -15,17 +16,23 @@ from typing import TYPE_CHECKING, Any
 
 from devices import Params
 from gateway.core.commands import Command, Result
+from gateway.core.dedupe import Interrupted, compact
 from gateway.core.device_runner import Job
 from gateway.core.errors import CommandError, ErrorCode, validate_params
+from gateway.core.journal import JournalUnavailableError
 from gateway.core.lifecycle import Lifecycle
 from gateway.core.steps import Scene, Step, StepList, check_steps
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+    from gateway.core.dedupe import Answered
     from gateway.core.device_runner import DeviceRunner
     from gateway.core.fleet import Fleet
     from gateway.core.gateway_commands import Begin, GatewayCommands
+    from gateway.core.journal import Journal
+
+    Recall = Callable[[str, str], Answered | Interrupted | None]
     from gateway.core.registry import AdapterRegistry
 
 
@@ -73,6 +80,17 @@ class SceneRunner:
         self._lifecycle = Lifecycle() if lifecycle is None else lifecycle
         self._tasks: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
+        self._journal: Journal | None = None
+        self._recall: Recall = lambda _device, _id: None
+
+    def journal_steps(self, journal: Journal, recall: Recall) -> None:
+        """Journal the steps of scenes with ids, as device commands are (contract 10).
+
+        ``recall`` gives what is remembered of a step's id on its device: a step
+        that finished before a crash is not run again (its outcome is reused), one
+        cut off while it ran is ``interrupted``.
+        """
+        self._journal, self._recall = journal, recall
 
     def describe(self) -> list[dict[str, Any]]:
         """The ``gateway/scenes`` list: each scene and its steps."""
@@ -174,12 +192,22 @@ class SceneRunner:
             Command(action=step.action, id=f"{command.id}/{step.id}", params=step.params),
             planned.params,
         )
+        journal = self._journal if command.given_id else None
+        if journal is not None and (earlier := self._recall(planned.runner.id, job.command.id)):
+            outcomes[step.id].set_result(_recalled(earlier))
+            return
+        if journal is not None:
+            job.before_run = _durable_start(journal, planned.runner.id, job.command.id)
         try:
             planned.runner.submit(job)
             result = await asyncio.shield(job.done)
         except CommandError as exc:
             outcomes[step.id].set_result(_outcome("error", exc.as_json(), 0.0))
             return
+        if journal is not None and (result.error is None or result.state is not None):
+            # It ran: recorded before the scene's result can be published.
+            with contextlib.suppress(JournalUnavailableError):
+                await journal.finished(planned.runner.id, job.command.id, compact(result, b"{}"))
         error = None if result.error is None else result.error.as_json()
         outcomes[step.id].set_result(
             _outcome("ok" if error is None else "error", error, result.duration_ms, result)
@@ -190,6 +218,34 @@ class SceneRunner:
             cancelled = CommandError(ErrorCode.CANCELLED, "the gateway shut down before it ran")
             return _outcome("error", cancelled.as_json(), 0.0)
         return _outcome("skipped", {"code": "step_failed", "message": f"skipped: {why}"}, 0.0)
+
+
+def _recalled(earlier: Answered | Interrupted) -> dict[str, Any]:
+    """The outcome of a step remembered from before a restart: not run again."""
+    if isinstance(earlier, Interrupted):
+        error = CommandError(
+            ErrorCode.INTERRUPTED, "the gateway stopped while this step ran; not run again"
+        )
+        return {**_outcome("error", error.as_json(), 0.0), "duplicate": True}
+    _, code, message = earlier
+    error_json = None if code is None else {"code": code, "message": message}
+    return {**_outcome("ok" if code is None else "error", error_json, 0.0), "duplicate": True}
+
+
+def _durable_start(
+    journal: Journal, device: str, command_id: str
+) -> Callable[[], Awaitable[CommandError | None]]:
+    async def started() -> CommandError | None:
+        try:
+            await journal.started(device, command_id)
+        except JournalUnavailableError as exc:
+            return CommandError(
+                ErrorCode.JOURNAL_UNAVAILABLE,
+                f"the journal cannot be written ({exc}); the step did not run",
+            )
+        return None
+
+    return started
 
 
 def _outcome(
