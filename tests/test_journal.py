@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from gateway.config import GatewaySettings, Settings
 from gateway.core.journal import Journal, JournalUnavailableError
 
 if TYPE_CHECKING:
@@ -163,3 +164,19 @@ async def test_a_record_after_close_fails_at_once(journal: Journal) -> None:
     await journal.close()
     with pytest.raises(JournalUnavailableError, match="closed"):
         await journal.started("c", "late")
+
+
+def test_the_journal_setting_defaults_to_the_state_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert GatewaySettings().journal == tmp_path / "a" / "journal.sqlite3"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert GatewaySettings().journal == tmp_path / "iot-gateway" / "journal.sqlite3"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    expected = tmp_path / ".local" / "state" / "iot-gateway" / "journal.sqlite3"
+    assert GatewaySettings().journal == expected
+    monkeypatch.setenv("GATEWAY_GATEWAY__JOURNAL", "null")
+    assert Settings().gateway.journal is None

@@ -161,6 +161,12 @@ class GatewaySettings(_Section):
     journal_sync: Literal["normal", "full"] = "normal"
     """``normal``: each record reaches the OS (survives a killed gateway); ``full``: fsync."""
 
+    @field_validator("journal", mode="before")
+    @classmethod
+    def _journal_off(cls, value: object) -> object:
+        """``GATEWAY_GATEWAY__JOURNAL=null`` (or empty) turns it off, as ``null`` in YAML."""
+        return None if isinstance(value, str) and value.strip() in {"", "null"} else value
+
 
 class HttpSettings(_Section):
     """The health and metrics endpoint."""
