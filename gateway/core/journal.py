@@ -185,8 +185,8 @@ class Journal:
             if not _is_corrupt(exc):
                 self._report_from_thread(_describe(exc))
                 return []
-            self._move_aside(exc)
             try:
+                self._move_aside(exc)
                 db = self._connect()
             except (sqlite3.Error, OSError) as again:
                 self._report_from_thread(_describe(again))
