@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import functools
 import inspect
 import json
@@ -471,8 +472,22 @@ DISPATCH_CONFIG: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def dispatch_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     path = tmp_path_factory.mktemp("fuzz") / "dispatch.yaml"
-    path.write_text(yaml.safe_dump(DISPATCH_CONFIG), encoding="utf-8")
+    # A journal in this module's directory (the autouse state directory is per test,
+    # later than this fixture); ``dispatch`` gives each run a fresh one beside it.
+    journal = str(path.with_name("journal.sqlite3"))
+    data = {**DISPATCH_CONFIG, "gateway": {**DISPATCH_CONFIG["gateway"], "journal": journal}}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return load_config(path, REGISTRY)
+
+
+def with_fresh_journal(config: Config) -> Config:
+    """``config`` with a journal of its own: no example sees another's ids."""
+    journal = config.settings.gateway.journal
+    assert journal is not None
+    fresh = journal.with_name(f"journal-{uuid.uuid4().hex}.sqlite3")
+    gateway = config.settings.gateway.model_copy(update={"journal": fresh})
+    settings = config.settings.model_copy(update={"gateway": gateway})
+    return dataclasses.replace(config, settings=settings)
 
 
 @dataclass(frozen=True)
@@ -624,6 +639,7 @@ def device_started(core: Core) -> bool:
 
 async def dispatch(config: Config, sent: Sequence[Message]) -> DispatchRun:
     """Run a gateway's core (no broker) and feed ``sent`` to its dispatcher."""
+    config = with_fresh_journal(config)
     gateway = Core(config, REGISTRY, Topics(config.settings.mqtt.base_topic), EventStream())
     run = DispatchRun()
     settled: list[int] = []
