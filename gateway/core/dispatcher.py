@@ -15,7 +15,7 @@ from gateway.core.device_runner import Job
 from gateway.core.errors import CommandError, ErrorCode, validate_params
 from gateway.core.events import CommandAccepted, EventStream, ResultPublished
 from gateway.core.gateway_commands import GatewayCommands
-from gateway.core.journal import JournalUnavailableError
+from gateway.core.journal import durable_start
 from gateway.core.lifecycle import Lifecycle
 from gateway.core.logs import Throttle, shorten
 from gateway.core.messages import Inbound, Outbound, answering
@@ -23,7 +23,7 @@ from gateway.core.scenes import register as register_scenes
 from gateway.core.topics import GATEWAY
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
     from gateway.config import GatewaySettings
     from gateway.core.commands import Command
@@ -245,7 +245,9 @@ class Dispatcher:
         job = Job(command, validate_params(actions, command.action, command.params))
         journal = self._journal_for(command)
         if journal is not None:
-            job.before_run = _durable_start(journal, device, command.id)
+            job.before_run = durable_start(
+                journal, device, command.id, refused="nothing ran: resend later"
+            )
 
         def submit() -> asyncio.Future[Result]:
             if journal is not None and journal.problem is not None:
@@ -323,21 +325,6 @@ def _journal_unavailable(problem: str) -> CommandError:
         ErrorCode.JOURNAL_UNAVAILABLE,
         f"the journal cannot be written ({problem}); nothing ran: resend later",
     )
-
-
-def _durable_start(
-    journal: Journal, device: str, command_id: str
-) -> Callable[[], Awaitable[CommandError | None]]:
-    """What the worker awaits before calling the adapter: the durable "started" record."""
-
-    async def started() -> CommandError | None:
-        try:
-            await journal.started(device, command_id)
-        except JournalUnavailableError as exc:
-            return _journal_unavailable(str(exc))
-        return None
-
-    return started
 
 
 class _Answer(Protocol):

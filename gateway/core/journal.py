@@ -26,9 +26,10 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 from gateway.core.dedupe import ENTRY_OVERHEAD
+from gateway.core.errors import CommandError, ErrorCode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from gateway.core.dedupe import Answered
@@ -383,3 +384,24 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def durable_start(
+    journal: Journal, device: str, command_id: str, *, refused: str
+) -> Callable[[], Awaitable[CommandError | None]]:
+    """What a device's worker awaits before calling the adapter: the "started" record.
+
+    While the journal cannot be written, the answer is ``journal_unavailable``,
+    its message ending with ``refused`` (what did not happen, what to do).
+    """
+
+    async def started() -> CommandError | None:
+        try:
+            await journal.started(device, command_id)
+        except JournalUnavailableError as exc:
+            return CommandError(
+                ErrorCode.JOURNAL_UNAVAILABLE, f"the journal cannot be written ({exc}); {refused}"
+            )
+        return None
+
+    return started

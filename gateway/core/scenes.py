@@ -19,12 +19,12 @@ from gateway.core.commands import Command, Result
 from gateway.core.dedupe import Interrupted, compact
 from gateway.core.device_runner import Job
 from gateway.core.errors import CommandError, ErrorCode, validate_params
-from gateway.core.journal import JournalUnavailableError
+from gateway.core.journal import JournalUnavailableError, durable_start
 from gateway.core.lifecycle import Lifecycle
 from gateway.core.steps import Scene, Step, StepList, check_steps
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from gateway.core.dedupe import Answered
     from gateway.core.device_runner import DeviceRunner
@@ -197,7 +197,9 @@ class SceneRunner:
             outcomes[step.id].set_result(_recalled(earlier))
             return
         if journal is not None:
-            job.before_run = _durable_start(journal, planned.runner.id, job.command.id)
+            job.before_run = durable_start(
+                journal, planned.runner.id, job.command.id, refused="the step did not run"
+            )
         try:
             planned.runner.submit(job)
             result = await asyncio.shield(job.done)
@@ -230,22 +232,6 @@ def _recalled(earlier: Answered | Interrupted) -> dict[str, Any]:
     _, code, message = earlier
     error_json = None if code is None else {"code": code, "message": message}
     return {**_outcome("ok" if code is None else "error", error_json, 0.0), "duplicate": True}
-
-
-def _durable_start(
-    journal: Journal, device: str, command_id: str
-) -> Callable[[], Awaitable[CommandError | None]]:
-    async def started() -> CommandError | None:
-        try:
-            await journal.started(device, command_id)
-        except JournalUnavailableError as exc:
-            return CommandError(
-                ErrorCode.JOURNAL_UNAVAILABLE,
-                f"the journal cannot be written ({exc}); the step did not run",
-            )
-        return None
-
-    return started
 
 
 def _outcome(
