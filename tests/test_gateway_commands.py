@@ -16,6 +16,7 @@ from gateway.core.gateway_commands import GatewayCommands
 from gateway.core.topics import GATEWAY
 from tests.conftest import started
 from tests.probe import Probe
+from tests.test_scenes import MORNING
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,20 +24,6 @@ if TYPE_CHECKING:
     from gateway import Config
     from gateway.core.gateway_commands import Begin
     from tests.broker import Broker
-
-MORNING = {
-    "steps": [
-        {"id": "lights", "device": "light", "action": "turn_on"},
-        {"id": "speaker_on", "device": "speaker", "action": "turn_on"},
-        {
-            "id": "song",
-            "device": "speaker",
-            "action": "play",
-            "params": {"song": "Imagine"},
-            "after": ["speaker_on"],
-        },
-    ]
-}
 
 
 class Echo(Params):
