@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -180,3 +182,81 @@ def test_the_journal_setting_defaults_to_the_state_directory(
     assert GatewaySettings().journal == expected
     monkeypatch.setenv("GATEWAY_GATEWAY__JOURNAL", "null")
     assert Settings().gateway.journal is None
+
+
+@pytest.mark.parametrize(("sync", "on_loop"), [("normal", True), ("full", False)])
+async def test_commits_run_on_the_loop_unless_each_one_waits_for_the_disk(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sync: str,
+    on_loop: bool,  # noqa: FBT001 - a parameter
+) -> None:
+    threads: list[str] = []
+    write = Journal._transaction  # noqa: SLF001 - seeing where transactions run
+
+    def watched(self: Journal, db: sqlite3.Connection, records: list[Record]) -> None:
+        threads.append(threading.current_thread().name)
+        write(self, db, records)
+
+    monkeypatch.setattr(Journal, "_transaction", watched)
+    journal = Journal(tmp_path / "journal.sqlite3", sync=sync, window=600, max_bytes=1 << 20)  # type: ignore[arg-type]
+    await journal.open()
+    for n in range(20):
+        await journal.started("c", f"id-{n}")
+    await journal.close()
+    loop_thread = threading.current_thread().name
+    assert threads
+    assert all((name == loop_thread) is on_loop for name in threads), threads
+
+
+async def test_the_wal_stays_small_under_a_steady_stream(journal: Journal) -> None:
+    wal = journal.path.with_name(journal.path.name + "-wal")
+    largest = 0
+    for n in range(3000):  # one commit each, never a pause
+        await journal.finished("c", f"id-{n}", OK)
+        if n % 100 == 0:
+            largest = max(largest, wal.stat().st_size)
+    # Checkpoints (on the thread, between commits) let the WAL start over.
+    # Without them it would pass 25 MB; the file itself holds the records.
+    assert largest < 4_000_000, largest
+    await journal.close()
+    kept = await reopened(journal.path)
+    assert [command_id for _, command_id, _, _ in kept[-2:]] == ["id-2998", "id-2999"]
+
+
+async def test_a_file_found_corrupt_while_running_is_replaced_and_the_journal_recovers(
+    journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    await journal.started("c", "warm")
+    # The files are damaged under the running gateway, and the next write fails: the
+    # retry finds the damage and starts a fresh file.
+    size = journal.path.stat().st_size
+    journal.path.write_bytes(b"this is not a database. " * (size // 24 + 1))
+    journal.path.with_name(journal.path.name + "-wal").write_bytes(b"")
+    assert journal._db is not None  # noqa: SLF001 - the test makes the next write fail
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]  # noqa: SLF001
+    journal._db.execute(f"PRAGMA max_page_count={pages}")  # noqa: SLF001
+    with pytest.raises(JournalUnavailableError):
+        await journal.finished("c", "big", (b"x" * 100_000, None, ""))
+    await until(lambda: journal.problem is None)
+    await journal.started("c", "after")
+    assert list(journal.path.parent.glob("journal.sqlite3.corrupt-*"))
+    assert "is corrupt" in caplog.text
+
+
+async def test_a_file_from_before_the_log_format_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "CREATE TABLE commands (device TEXT NOT NULL, id TEXT NOT NULL, seen REAL NOT NULL,"
+            " payload BLOB, code TEXT, message TEXT, size INTEGER NOT NULL);"
+            "CREATE UNIQUE INDEX commands_key ON commands (device, id);"
+        )
+        db.execute(
+            "INSERT INTO commands VALUES ('c', 'old', ?, NULL, NULL, NULL, 10)", (time.time(),)
+        )
+    journal = journal_at(path)
+    assert [(i, a) for _, i, _, a in await journal.open()] == [("old", None)]
+    await journal.finished("c", "old", OK)  # its unique index would refuse this row
+    await journal.close()
+    assert [(i, a) for _, i, _, a in await reopened(path)] == [("old", OK)]

@@ -178,8 +178,13 @@ class Dispatcher:
                 answer(result, payload)
                 return
             # Recorded before it is published: a repeat after a crash gets this result.
-            written = journal.finished(device, command.id, compact(result, payload))
-            self._after(written, command.id, lambda: answer(result, payload))
+            self._after_recording(
+                journal,
+                device,
+                command.id,
+                compact(result, payload),
+                lambda: answer(result, payload),
+            )
 
         _when_done(done, first_run_answered)
 
@@ -191,20 +196,28 @@ class Dispatcher:
         """
         return self._journal if command.given_id else None
 
-    def _after(
-        self, written: asyncio.Future[None], command_id: str, publish: Callable[[], None]
+    def _after_recording(
+        self,
+        journal: Journal,
+        device: str,
+        command_id: str,
+        answered: Answered,
+        publish: Callable[[], None],
     ) -> None:
-        self._journal_writes.add(written)
+        """Journal the result, then publish it (in the same pass as the commit)."""
+        settled = asyncio.get_running_loop().create_future()  # for journal_settled
+        self._journal_writes.add(settled)
 
-        def then(future: asyncio.Future[None]) -> None:
-            self._journal_writes.discard(future)
-            if future.exception() is not None:
-                self._log_unrecorded(command_id, future.exception())
+        def then(error: str | None) -> None:
+            self._journal_writes.discard(settled)
+            settled.set_result(None)
+            if error is not None:
+                self._log_unrecorded(command_id, error)
             publish()
 
-        written.add_done_callback(then)
+        journal.finish_then(device, command_id, answered, then)
 
-    def _log_unrecorded(self, command_id: str, exc: BaseException | None) -> None:
+    def _log_unrecorded(self, command_id: str, exc: str) -> None:
         held_back = self._journal_log.allow()
         if held_back is not None:
             log.warning(

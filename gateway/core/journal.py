@@ -1,13 +1,17 @@
 """The durable record of command ids: started and finished, in an embedded SQLite file.
 
 The in-memory ``DedupeWindow`` stays the fast path; this is the record behind
-it, so the window holds across a restart or a crash (contract 10). Writes go
-to one writer thread in group commits: every record asked for in one pass of
-the event loop (and whatever else is waiting when the thread is free) is one
-transaction, and each caller's future is resolved once its transaction has
-committed. In WAL mode with ``synchronous=NORMAL`` a commit is a ``write()``
-into the WAL file, so a record reaches the OS (survives a killed process)
-before its future resolves; ``journal_sync: full`` adds an fsync.
+it, so the window holds across a restart or a crash (contract 10). Records go
+in group commits: every record asked for in one pass of the event loop is one
+transaction, and each caller's future is resolved once it has committed.
+
+In WAL mode with ``synchronous=NORMAL`` (``journal_sync: normal``) a commit is
+a ``write()`` into the WAL file, which reaches the OS (survives a killed
+process) without waiting for the disk, so it is done on the event loop itself:
+handing it to a thread cost more (each hand-over waits for the GIL) than the
+write. What can wait for the disk runs on the journal's thread instead: WAL
+checkpoints (they fsync), reopening the file, and with ``journal_sync: full``
+every commit (each one fsyncs).
 
 When the file cannot be written, ``problem`` says why, every pending and new
 record fails with ``JournalUnavailableError``, and the thread retries every
@@ -23,7 +27,7 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from gateway.core.dedupe import ENTRY_OVERHEAD
 from gateway.core.errors import CommandError, ErrorCode
@@ -37,7 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Rows deleted per transaction when pruning: small enough that no commit stalls.
-PRUNE_BATCH = 500
+PRUNE_BATCH = 100
+# Commits on the event loop between WAL checkpoints (on the thread): the WAL stays
+# a few MB, and the loop never runs a checkpoint's fsync.
+CHECKPOINT_EVERY = 200
+# A WAL that grew past this (a burst of large results) is cut back to it once copied.
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
 _NOT_OPEN = "not open yet"
 # SQLite's result codes for a file that is not (or no longer) a database.
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
@@ -52,7 +61,9 @@ CREATE TABLE IF NOT EXISTS commands (
     message TEXT,
     size INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS commands_key ON commands (device, id);
+-- An append-only log, read only at start: ids are looked up in memory, so no index
+-- (files from before had a unique one, which forbade the finished row).
+DROP INDEX IF EXISTS commands_key;
 CREATE TABLE IF NOT EXISTS probe (one INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
@@ -63,7 +74,11 @@ class JournalUnavailableError(Exception):
 
 # A record: (device, id, Unix time first seen, its answer or None if only started).
 Record = tuple[str, str, float, "Answered | None"]
-_Batch = tuple[list[Record], list[asyncio.Future[None]]]
+# Told, on the event loop, once its record is durable: None, or why it is not.
+Durable: TypeAlias = "Callable[[str | None], None]"
+_Batch = tuple[list[Record], list[Durable]]
+# What the thread is asked to do besides writing a batch.
+_STOP, _RETRY, _CHECKPOINT = "stop", "retry", "checkpoint"
 
 
 class Journal:
@@ -89,9 +104,17 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._bytes = 0  # the sizes of the rows held, for the byte budget
         self._pending: list[Record] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[Durable] = []
         self._flush_scheduled = False
-        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        # Commits on the loop (normal), or on the thread (full: each one fsyncs).
+        self._commit_on_loop = sync == "normal"
+        self._commits_since_checkpoint = 0
+        self._expiry_check_at = 0.0  # when to look for expired rows next
+        # Items the thread has been given and not yet handed back. While it holds
+        # any, the file is the thread's: the loop hands its commits over too.
+        self._with_thread = 0
+        self._closed = False
+        self._batches: queue.SimpleQueue[_Batch | str] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.problem: str | None = _NOT_OPEN
@@ -115,52 +138,111 @@ class Journal:
     async def close(self) -> None:
         """Write what is pending, then stop the thread and close the file."""
         self._flush()
-        self._batches.put(None)
+        self._closed = True
+        self.problem = "closed"  # a record asked for now fails at once, not never
+        self._hand_over(_STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
-        self.problem = "closed"  # a record asked for now fails at once, not never
 
     def started(self, device: str, command_id: str) -> asyncio.Future[None]:
         """Record that the command is about to run; resolved once durable."""
-        return self._add((device, command_id, time.time(), None))
+        return self._future_of((device, command_id, time.time(), None))
+
+    async def start(self, device: str, command_id: str) -> None:
+        """``started``, awaited one pass of the loop sooner.
+
+        The transaction is queued ahead of this task's next step, so after one
+        yield the record is usually written, and the task goes on in that same
+        pass instead of waiting for its future's wake-up in the pass after.
+        """
+        written = self.started(device, command_id)
+        await asyncio.sleep(0)
+        await written  # done already, unless the thread has the file (or it failed)
 
     def finished(self, device: str, command_id: str, answered: Answered) -> asyncio.Future[None]:
         """Record the command's result; resolved once durable."""
-        return self._add((device, command_id, time.time(), answered))
+        return self._future_of((device, command_id, time.time(), answered))
 
-    def _add(self, record: Record) -> asyncio.Future[None]:
+    def finish_then(self, device: str, command_id: str, answered: Answered, then: Durable) -> None:
+        """Record the command's result; call ``then`` as soon as it is durable (or not)."""
+        self._add((device, command_id, time.time(), answered), then)
+
+    def _future_of(self, record: Record) -> asyncio.Future[None]:
         assert self._loop is not None  # noqa: S101 - open() came first
         future = self._loop.create_future()
+
+        def settle(error: str | None) -> None:
+            if future.done():  # its caller gave up
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(JournalUnavailableError(error))
+                future.exception()  # a caller that gave up must not log "never retrieved"
+
+        self._add(record, settle)
+        return future
+
+    def _add(self, record: Record, then: Durable) -> None:
+        assert self._loop is not None  # noqa: S101 - open() came first
         if self.problem is not None:
-            future.set_exception(JournalUnavailableError(self.problem))
-            return future
+            then(self.problem)
+            return
         self._pending.append(record)
-        self._waiters.append(future)
+        self._waiters.append(then)
         if not self._flush_scheduled:
             # One transaction for everything asked for in this pass of the loop.
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._pending:
-            self._batches.put((self._pending, self._waiters))
-            self._pending, self._waiters = [], []
+        if not self._pending:
+            return
+        records, waiters = self._pending, self._waiters
+        self._pending, self._waiters = [], []
+        if not self._commit_on_loop or self._db is None or self._with_thread:
+            self._hand_over((records, waiters))
+            return
+        error = self._commit(self._db, records)
+        if error is not None:
+            self._set_problem(error)
+            self._hand_over(_RETRY)  # the thread reopens the file
+        else:
+            self._commits_since_checkpoint += 1
+            if self._commits_since_checkpoint >= CHECKPOINT_EVERY:
+                # On the same connection with no commit in between, the checkpoint
+                # copies the whole WAL, so the next commit starts it over: it stays small.
+                self._commits_since_checkpoint = 0
+                self._hand_over(_CHECKPOINT)
+        self._committed(waiters, error)
 
-    def _committed(self, waiters: list[asyncio.Future[None]], error: str | None) -> None:
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(JournalUnavailableError(error))
-                waiter.exception()  # a caller that gave up must not log "never retrieved"
+    def _hand_over(self, item: _Batch | str) -> None:
+        self._with_thread += 1
+        self._batches.put(item)
+
+    def _handed_back(
+        self,
+        items: int,
+        waiters: list[Durable] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The thread is done with ``items`` (and with the file): runs on the loop."""
+        self._with_thread -= items
+        if waiters is not None:
+            self._set_problem(error)
+            self._committed(waiters, error)
+
+    def _committed(self, waiters: list[Durable], error: str | None) -> None:
+        for then in waiters:
+            try:
+                then(error)
+            except Exception:  # one waiter's bug must not keep the others waiting
+                log.exception("journal: a caller failed on its record being written")
 
     def _set_problem(self, problem: str | None) -> None:
-        if problem == self.problem:
+        if problem == self.problem or self._closed:
             return
         if problem is None:
             if self.problem != _NOT_OPEN:
@@ -181,23 +263,23 @@ class Journal:
 
     def _open_and_load(self) -> list[Record]:
         try:
-            db = self._connect()
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                self._report_from_thread(_describe(exc))
-                return []
-            try:
-                self._move_aside(exc)
-                db = self._connect()
-            except (sqlite3.Error, OSError) as again:
-                self._report_from_thread(_describe(again))
-                return []
-        except OSError as exc:
+            db = self._connect_or_replace()
+        except (sqlite3.Error, OSError) as exc:
             self._report_from_thread(_describe(exc))
             return []
         self._db = db
         self._report_from_thread(None)
         return self._load(db)
+
+    def _connect_or_replace(self) -> sqlite3.Connection:
+        """Open the file; one found corrupt (at start or later) is replaced by a fresh one."""
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            self._move_aside(exc)
+            return self._connect()
 
     def _report_from_thread(self, problem: str | None) -> None:
         self._to_loop(self._set_problem, problem)
@@ -213,6 +295,9 @@ class Journal:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._sync.upper()}")
+            if self._commit_on_loop:
+                db.execute("PRAGMA wal_autocheckpoint=0")  # the thread checkpoints
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # after a burst
             db.executescript(_SCHEMA)
             check = db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
@@ -245,19 +330,25 @@ class Journal:
 
     def _load(self, db: sqlite3.Connection) -> list[Record]:
         cutoff = time.time() - self._window
-        loaded: list[Record] = []
         total = 0
         rows = db.execute(
             "SELECT device, id, seen, payload, code, message, size FROM commands "
             "WHERE seen >= ? ORDER BY rowid",
             (cutoff,),
         )
+        # A command's started row, then its finished row: one record, first seen at
+        # its start, answered by the finished row.
+        merged: dict[tuple[str, str], Record] = {}
         for device, command_id, seen, payload, code, message, size in rows:
             total += size
-            answered = None if payload is None else (payload, code, message)
-            loaded.append((device, command_id, seen, answered))
+            first = merged.get((device, command_id))
+            if first is None:
+                answered = None if payload is None else (payload, code, message)
+                merged[device, command_id] = (device, command_id, seen, answered)
+            elif payload is not None:
+                merged[device, command_id] = (*first[:3], (payload, code, message))
         self._bytes = total
-        return loaded
+        return list(merged.values())
 
     def _write_loop(self) -> None:
         assert self._loop is not None  # noqa: S101 - open() set it
@@ -267,47 +358,76 @@ class Journal:
             except queue.Empty:
                 self._reopen()
                 continue
-            if batch is None:
+            if batch == _STOP:
                 break
-            records, waiters = batch
-            stop = False
-            # Group commit: whatever else is waiting goes into the same transaction.
-            while not self._batches.empty():
-                more = self._batches.get()
-                if more is None:
-                    stop = True
-                    break
-                records += more[0]
-                waiters += more[1]
-            self._write(records, waiters)
+            if batch == _CHECKPOINT:
+                self._checkpoint()
+                self._to_loop(self._handed_back, 1)
+                continue
+            records: list[Record] = []
+            waiters: list[Durable] = []
+            if isinstance(batch, tuple):  # else _RETRY: just reopen
+                records, waiters = batch
+            taken, stop = self._take_waiting(records, waiters)
+            self._write(1 + taken, records, waiters)
             if stop:
                 break
         if self._db is not None:
             self._db.close()
             self._db = None
 
-    def _write(self, records: list[Record], waiters: list[asyncio.Future[None]]) -> None:
+    def _take_waiting(self, records: list[Record], waiters: list[Durable]) -> tuple[int, bool]:
+        """Group commit: add every batch waiting now; how many items, and whether to stop."""
+        taken = 0
+        while not self._batches.empty():
+            more = self._batches.get()
+            if more == _STOP:
+                return taken, True
+            taken += 1  # a checkpoint or retry among them is done by this commit
+            if isinstance(more, tuple):
+                records += more[0]
+                waiters += more[1]
+        return taken, False
+
+    def _write(self, items: int, records: list[Record], waiters: list[Durable]) -> None:
+        """Commit a batch (reopening the file first if need be); tell the loop after."""
         error = None
         if self._db is None:
-            self._reopen()
+            error = self._open_again()
+        if self._db is not None and records:
+            error = self._commit(self._db, records)
+        self._to_loop(self._handed_back, items, waiters, error)
+
+    def _commit(self, db: sqlite3.Connection, records: list[Record]) -> str | None:
+        """Write ``records`` in one transaction; on failure, close the file and say why."""
+        try:
+            self._transaction(db, records)
+        except (sqlite3.Error, OSError) as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            self._db = None
+            return _describe(exc)
+        return None
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file, off the loop (it fsyncs), so the WAL stays small."""
         if self._db is None:
-            error = self.problem or "not open"
-        else:
-            try:
-                self._transaction(self._db, records)
-            except (sqlite3.Error, OSError) as exc:
-                error = _describe(exc)
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.close()
-                self._db = None
-                self._report_from_thread(error)
-        self._to_loop(self._committed, waiters, error)
+            return
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the next write says whether the file still works
+            log.debug("journal %s: checkpoint failed: %s", self.path, exc)
 
     def _transaction(self, db: sqlite3.Connection, records: list[Record]) -> None:
+        rows = [_row(*record) for record in records]
         db.execute("BEGIN IMMEDIATE")
         try:
-            for device, command_id, seen, answered in records:
-                self._put(db, device, command_id, seen, answered)
+            db.executemany(
+                "INSERT INTO commands (device, id, seen, payload, code, message, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._bytes += sum(row[-1] for row in rows)
             self._prune(db)
             db.execute("COMMIT")
         except BaseException:
@@ -315,41 +435,18 @@ class Journal:
                 db.execute("ROLLBACK")
             raise
 
-    def _put(
-        self,
-        db: sqlite3.Connection,
-        device: str,
-        command_id: str,
-        seen: float,
-        answered: Answered | None,
-    ) -> None:
-        size = ENTRY_OVERHEAD + len(device) + len(command_id)
-        if answered is None:
-            db.execute(
-                "INSERT OR IGNORE INTO commands (device, id, seen, size) VALUES (?, ?, ?, ?)",
-                (device, command_id, seen, size),
-            )
-            self._bytes += size
-            return
-        payload, code, message = answered
-        size += len(payload) + len(message)
-        db.execute(
-            "INSERT INTO commands (device, id, seen, payload, code, message, size) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, id) DO UPDATE SET "
-            "payload = excluded.payload, code = excluded.code, message = excluded.message, "
-            "size = excluded.size",
-            (device, command_id, seen, payload, code, message, size),
-        )
-        self._bytes += size
-
     def _prune(self, db: sqlite3.Connection) -> None:
         """Forget expired rows, and the oldest beyond the byte budget, a batch at a time."""
-        cutoff = time.time() - self._window
-        # Rows are in time order: look at the oldest alone, and when it is due, read
-        # only the oldest batch, never the whole table.
-        oldest = db.execute("SELECT seen FROM commands ORDER BY rowid LIMIT 1").fetchone()
-        if oldest is not None and oldest[0] < cutoff:
-            self._delete_oldest(db, cutoff)
+        now = time.time()
+        if now >= self._expiry_check_at:
+            # Rows are in time order: look at the oldest alone, and when it is due,
+            # read only the oldest batch, never the whole table.
+            self._expiry_check_at = now + min(1.0, self._window / 4)
+            cutoff = now - self._window
+            oldest = db.execute("SELECT seen FROM commands ORDER BY rowid LIMIT 1").fetchone()
+            if oldest is not None and oldest[0] < cutoff:
+                self._delete_oldest(db, cutoff)
+                self._expiry_check_at = now  # more may be due: look again next commit
         if self._bytes > self._max_bytes:
             self._delete_oldest(db, None)
 
@@ -364,15 +461,29 @@ class Journal:
         self._bytes -= sum(size for (size,) in freed)
 
     def _reopen(self) -> None:
-        """Try the file again (it may be writable by now)."""
+        """Try the file again (it may be writable by now), and say how it went."""
+        self._report_from_thread(self._open_again())
+
+    def _open_again(self) -> str | None:
+        """Open the file again; the problem if it still cannot be written."""
         try:
-            db = self._connect()
+            db = self._connect_or_replace()
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM commands").fetchone()[0]
         except (sqlite3.Error, OSError) as exc:
-            self._report_from_thread(_describe(exc))
-            return
+            return _describe(exc)
         self._db, self._bytes = db, int(total)
-        self._report_from_thread(None)
+        return None
+
+
+def _row(
+    device: str, command_id: str, seen: float, answered: Answered | None
+) -> tuple[str, str, float, bytes | None, str | None, str | None, int]:
+    """A record as a row of the log; its size counts toward the byte budget."""
+    size = ENTRY_OVERHEAD + len(device) + len(command_id)
+    if answered is None:  # started
+        return (device, command_id, seen, None, None, None, size)
+    payload, code, message = answered
+    return (device, command_id, seen, payload, code, message, size + len(payload) + len(message))
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
@@ -397,7 +508,7 @@ def durable_start(
 
     async def started() -> CommandError | None:
         try:
-            await journal.started(device, command_id)
+            await journal.start(device, command_id)
         except JournalUnavailableError as exc:
             return CommandError(
                 ErrorCode.JOURNAL_UNAVAILABLE, f"the journal cannot be written ({exc}); {refused}"
