@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import config_data, gateway_process, started
 from tests.test_reliability import COUNTER, ids, results_by_id
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from gateway import Config
@@ -104,6 +107,61 @@ async def test_an_unwritable_journal_refuses_ids_runs_the_rest_and_recovers(
         assert not ran["duplicate"]
         assert ran["state"] == {"count": 2}
     assert len([r for r in results_by_id(probe, "c")["with-id"] if r["status"] == "ok"]) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 300 KB tmpfs (mounting needs root: skipped without it)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_a_full_disk_refuses_ids_until_there_is_room_again(
+    make_config: Callable[..., Config], probe: Probe, small_disk: Path
+) -> None:
+    config = make_config(
+        devices=[COUNTER],
+        gateway={"journal": str(small_disk / "journal.sqlite3")},
+        http={"port": 0},
+    )
+    async with started(config, probe) as gateway:
+        ran = await probe.command("c", {"action": "increment", "id": "before"})
+        assert ran["status"] == "ok"
+        filler = small_disk / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as file:  # ENOSPC ends it
+            while True:
+                file.write(b"x" * 4096)
+                file.flush()
+        # The WAL has some room left inside it: commands go on until a commit needs more.
+        for n in range(400):
+            answer = await probe.command("c", {"action": "increment", "id": f"fill-{n}"})
+            if answer["status"] == "error":
+                break
+        assert answer["error"]["code"] == "journal_unavailable", answer
+        assert "full" in answer["error"]["message"]
+        status, reason = await readyz(gateway.http_port)
+        assert status == 503
+        assert "journal" in reason
+        assert (await without_an_id(probe, "c", "increment"))["status"] == "ok"
+        filler.unlink()  # room again: the gateway notices by itself
+        deadline = time.monotonic() + 10
+        while (await readyz(gateway.http_port))[0] != 200:
+            assert time.monotonic() < deadline, "never recovered"
+            await asyncio.sleep(0.1)
+        after = await probe.command("c", {"action": "increment", "id": "after"})
+        assert after["status"] == "ok"
+        assert not after["duplicate"]
 
 
 async def test_a_corrupt_journal_at_start_is_moved_aside(
