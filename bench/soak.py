@@ -17,7 +17,14 @@ The faults take turns:
   connection and refuses new ones for 2 s, so the adapter reports the connection
   lost and reopens with backoff (commands meanwhile: ``device_unavailable``);
   and a burst of commands to ``flaky`` for an action in its ``fail_on``, each
-  to be answered ``device_error``. ``flaky`` also fails its first two opens.
+  to be answered ``device_error``. ``flaky`` also fails its first two opens;
+- gateway kill: SIGKILL, then start it again on the same journal. Its queued
+  commands wait in its session; one it was running is answered ``interrupted``.
+
+The simulated counters start again at 0 with each gateway process, so a
+counter's ``ok`` results (in the order they arrive, which is the order they
+ran) must count 1, 2, 3, ... and start again at 1 after a kill: a gap or a
+repeat is a command lost or run twice.
 
 Exit status 1 if a command was lost or ran twice, or the gateway did not exit 0.
 The work dir printed first keeps gateway.log (its stderr), gateway.yaml,
@@ -87,7 +94,7 @@ CONFIG = string.Template("""\
 mqtt: {host: 127.0.0.1, port: $proxy, client_id: soak, keepalive: $keepalive,
        reconnect: {min_delay: 0.1, max_delay: 1}}
 gateway: {queue_size: 1000, shutdown_grace: 2, dedupe_window: 120,
-          device_retry: {min_delay: 0.1, max_delay: 1}}
+          device_retry: {min_delay: 0.1, max_delay: 1}, journal: $journal}
 http: {host: 127.0.0.1, port: $http}
 logging: {level: WARNING}
 devices:
@@ -104,9 +111,12 @@ def start_gateway(workdir: Path, **ports: int) -> subprocess.Popen[bytes]:
     """Write gateway.yaml; run ``python -m gateway run -c`` on it, stderr to gateway.log."""
     counters = "\n".join(f"  - {{id: {c}, type: simulated.counter}}" for c in COUNTERS)
     config = workdir / "gateway.yaml"
-    config.write_text(CONFIG.substitute(ports, counters=counters, keepalive=KEEPALIVE))
+    journal = workdir / "journal.sqlite3"
+    config.write_text(
+        CONFIG.substitute(ports, counters=counters, keepalive=KEEPALIVE, journal=journal)
+    )
     command = [sys.executable, "-m", "gateway", "run", "-c", str(config)]
-    with (workdir / "gateway.log").open("wb") as log:
+    with (workdir / "gateway.log").open("ab") as log:
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -257,8 +267,10 @@ class Rig:
     proxy: FaultProxy
     relay: RelayEnd
     load: Load
+    start_gateway: Callable[[], subprocess.Popen[bytes]]
+    http_port: int
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
-    gateway_pid: int = 0
+    gateway: subprocess.Popen[bytes] | None = None
 
 
 async def broker_restart(rig: Rig) -> str:
@@ -286,7 +298,25 @@ async def adapter_failure(rig: Rig) -> str:
     return "adapter failure"
 
 
-FAULTS: list[Callable[[Rig], Awaitable[str]]] = [broker_restart, connection_cut, adapter_failure]
+async def gateway_kill(rig: Rig) -> str:
+    """SIGKILL the gateway and start it again; wait until it says ``online``."""
+    assert rig.gateway is not None
+    rig.gateway.kill()
+    await asyncio.to_thread(rig.gateway.wait)
+    seen = len(rig.load.probe.messages)
+    rig.gateway = rig.start_gateway()
+    await rig.load.probe.wait_for(
+        lambda m: m.topic == STATUS and m.payload == b"online", since=seen, timeout=60
+    )
+    return "gateway kill"
+
+
+FAULTS: list[Callable[[Rig], Awaitable[str]]] = [
+    broker_restart,
+    connection_cut,
+    adapter_failure,
+    gateway_kill,
+]
 
 
 async def inject(rig: Rig, every: float, stop: asyncio.Event) -> None:
@@ -298,7 +328,7 @@ async def inject(rig: Rig, every: float, stop: asyncio.Event) -> None:
         began = time.strftime("%H:%M:%S")
         name = await fault(rig)
         rig.faults[name] += 1
-        rss = memory_mb(rig.gateway_pid, "VmRSS")
+        rss = memory_mb(rig.gateway.pid, "VmRSS") if rig.gateway else 0.0
         print(f"{began} {name}; gateway RSS {rss:.1f} MB", flush=True)  # noqa: T201
 
 
@@ -316,7 +346,7 @@ async def run_load(rig: Rig, args: argparse.Namespace) -> float:
 
 
 def check_counters(load: Load, final: dict[str, int]) -> tuple[int, list[str]]:
-    """Executions counted twice (ids with two counts); per counter, are counts 1..N?"""
+    """Executions counted twice (ids with two counts); per counter, do runs count 1..N?"""
     twice, lines = 0, []
     for device in COUNTERS:
         entries = [entry for entry in load.sent.values() if entry.device == device]
@@ -325,11 +355,30 @@ def check_counters(load: Load, final: dict[str, int]) -> tuple[int, list[str]]:
             for e in entries
         ]
         twice += sum(max(0, len(seen) - 1) for seen in counts)
-        flat = sorted(count for seen in counts for count in seen)
-        exact = flat == list(range(1, len(entries) + 1)) and final.get(device) == len(entries)
-        verdict = "exactly 1..N" if exact else f"MISMATCH: {len(flat)} counts, max {flat[-1:]}"
-        lines.append(f"{len(entries)} ids, final count {final.get(device)}, {verdict}")
+        runs = counter_runs(load, device)
+        exact = all(run == list(range(1, len(run) + 1)) for run in runs)
+        exact = exact and sum(map(len, runs)) == sum(map(len, counts))
+        exact = exact and final.get(device) == (len(runs[-1]) if runs else 0)
+        verdict = "each run 1..N" if exact else "MISMATCH"
+        lines.append(
+            f"{len(entries)} ids, {sum(map(len, runs))} ok over {len(runs)} gateway runs, "
+            f"final count {final.get(device)}, {verdict}"
+        )
     return twice, lines
+
+
+def counter_runs(load: Load, device: str) -> list[list[int]]:
+    """A counter's first-run ``ok`` counts in arrival order, split where it starts again."""
+    runs: list[list[int]] = []
+    for message in load.probe.on(f"iot/{device}/result"):
+        result = message.json
+        if result["status"] != "ok" or result["duplicate"]:
+            continue
+        count = int(result["state"]["count"])
+        if not runs or count <= runs[-1][-1]:
+            runs.append([])
+        runs[-1].append(count)
+    return runs
 
 
 async def final_counts(port: int) -> dict[str, int]:
@@ -375,7 +424,8 @@ def summary(rig: Rig, figures: Json, final: dict[str, int]) -> tuple[list[tuple[
     codes = collections.Counter(e.code() for e in answered)
     relay_ok = sum(e.device == "relay" and e.code() == "ok" for e in answered)
     ms = [x * 1000 for x in load.latencies] or [0.0]
-    onlines = sum(m.payload == b"online" and not m.retain for m in load.probe.on(STATUS)) - 1
+    onlines = sum(m.payload == b"online" and not m.retain for m in load.probe.on(STATUS))
+    onlines -= 1 + rig.faults["gateway kill"]  # the starts are not reconnects
     rows: list[tuple[str, Any]] = [
         ("duration of load (s)", f"{figures['duration']:.0f}"),
         *((f"faults: {name}", count) for name, count in sorted(rig.faults.items())),
@@ -391,7 +441,7 @@ def summary(rig: Rig, figures: Json, final: dict[str, int]) -> tuple[list[tuple[
         ("flaky fail_on bursts: device_error", f"{codes['device_error@flaky']} of {len(burst)}"),
         ("relay: pulses at the far end / ok results", f"{rig.relay.pulses} / {relay_ok}"),
         ("latency p50 / p99 (ms)", f"{percentile(ms, 0.5):.1f} / {percentile(ms, 0.99):.1f}"),
-        ("gateway RSS start / end / peak (MB)", figures["rss"]),
+        ("gateway RSS start / end / peak of the last process (MB)", figures["rss"]),
         ("gateway reconnects: status onlines / metric", f"{onlines} / {figures['metric']}"),
         ("gateway exit code after SIGTERM", figures["exit"]),
     ]
@@ -399,26 +449,25 @@ def summary(rig: Rig, figures: Json, final: dict[str, int]) -> tuple[list[tuple[
     return rows, ok and "MISMATCH" not in str(counter_lines)
 
 
-async def run_gateway(rig: Rig, args: argparse.Namespace, workdir: Path) -> Json:
+async def run_gateway(rig: Rig, args: argparse.Namespace) -> Json:
     """Start the gateway, load it, stop it; return the figures measured on the way."""
-    http_port = free_port()
-    gateway = start_gateway(workdir, proxy=rig.proxy.port, relay=rig.relay.port, http=http_port)
-    rig.gateway_pid = gateway.pid
+    rig.gateway = rig.start_gateway()
     try:
         await rig.load.probe.wait_for(lambda m: m.topic == STATUS and m.payload == b"online")
-        rss = [memory_mb(gateway.pid, "VmRSS")]
+        rss = [memory_mb(rig.gateway.pid, "VmRSS")]
         figures: Json = {"duration": await run_load(rig, args)}
+        gateway = rig.gateway  # the last one started
         rss += [memory_mb(gateway.pid, "VmRSS"), memory_mb(gateway.pid)]
         figures["rss"] = " / ".join(f"{mb:.1f}" for mb in rss)
-        figures["metric"] = await asyncio.to_thread(reconnect_metric, http_port)
+        figures["metric"] = await asyncio.to_thread(reconnect_metric, rig.http_port)
         if (early := gateway.poll()) is None:
             gateway.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(gateway.wait, 30)
         figures["exit"] = code if early is None else f"{code}, ended by itself before SIGTERM"
         return figures
     finally:
-        if gateway.poll() is None:
-            gateway.kill()
+        if rig.gateway.poll() is None:
+            rig.gateway.kill()
 
 
 async def soak(args: argparse.Namespace) -> bool:
@@ -431,8 +480,12 @@ async def soak(args: argparse.Namespace) -> bool:
     probe = Probe(broker.port, ["iot/+/result", STATUS], client_id="soak-load", persistent=True)
     try:
         async with FaultProxy(broker.port) as proxy, probe:
-            rig = Rig(broker, proxy, relay, Load(probe))
-            figures = await run_gateway(rig, args, workdir)
+            http = free_port()
+            ports = {"proxy": proxy.port, "relay": relay.port, "http": http}
+            rig = Rig(
+                broker, proxy, relay, Load(probe), lambda: start_gateway(workdir, **ports), http
+            )
+            figures = await run_gateway(rig, args)
             final = await final_counts(broker.port)
             figures["repeats"] = repeats(rig.load, workdir)
     finally:
