@@ -61,12 +61,12 @@ def loadgen(port: int, **options: float) -> dict[str, float]:
 
 
 def start_gateway(
-    broker: Broker, workdir: Path, devices: list[dict[str, Any]]
+    broker: Broker, workdir: Path, devices: list[dict[str, Any]], journal: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start the gateway process on ``devices``."""
+    """Start the gateway process on ``devices``, with a journal at ``journal`` or none."""
     config = {
         "mqtt": {"host": broker.host, "port": broker.port, "max_inflight": 1000},
-        "gateway": {"queue_size": 1000},
+        "gateway": {"queue_size": 1000, "journal": None if journal is None else str(journal)},
         "logging": {"level": "WARNING"},
         "devices": devices,
     }
@@ -139,7 +139,8 @@ def measure_gateway(
 ) -> dict[str, float]:
     """Start-up, throughput, CPU and memory of the gateway with ``devices`` devices."""
     began = time.monotonic()
-    gateway = start_gateway(broker, workdir, switches(devices))
+    journal = workdir / f"journal-{devices}-devices.sqlite3"
+    gateway = start_gateway(broker, workdir, switches(devices), journal)
     try:
         online = asyncio.run(wait_online(broker.port, devices, began))
         rss_started = memory_mb(gateway.pid, "VmRSS")
@@ -155,9 +156,11 @@ def measure_gateway(
         gateway.wait()
 
 
-def measure_latency(broker: Broker, workdir: Path, rate: float, count: int) -> dict[str, float]:
+def measure_latency(
+    broker: Broker, workdir: Path, rate: float, count: int, journal: Path | None = None
+) -> dict[str, float]:
     """p50/p95/p99 at a fixed rate."""
-    gateway = start_gateway(broker, workdir, switches(10))
+    gateway = start_gateway(broker, workdir, switches(10), journal)
     try:
         asyncio.run(wait_online(broker.port, 10, time.monotonic()))
         loadgen(broker.port, count=1000, devices=10)
@@ -167,9 +170,53 @@ def measure_latency(broker: Broker, workdir: Path, rate: float, count: int) -> d
         gateway.wait()
 
 
+def measure_journal(
+    broker: Broker, workdir: Path, runs: int, count: int, rate: float
+) -> dict[str, Any]:
+    """The journal's cost: throughput and latency with it off and on, alternating."""
+    figures: dict[str, Any] = {"off": [], "on": []}
+    for turn in range(2 * runs):
+        setting = "on" if turn % 2 else "off"
+        journal = workdir / f"journal-{turn}.sqlite3" if setting == "on" else None
+        gateway = start_gateway(broker, workdir, switches(10), journal)
+        try:
+            asyncio.run(wait_online(broker.port, 10, time.monotonic()))
+            loadgen(broker.port, count=1000, devices=10)  # warm up
+            figures[setting].append(throughput(broker.port, gateway.pid, 1, count, 10))
+        finally:
+            gateway.terminate()
+            gateway.wait()
+    for setting in ("off", "on"):
+        rates = [run["median"] for run in figures[setting]]
+        cpu = [run["cpu_per_1000"] for run in figures[setting]]
+        figures[setting] = {
+            "median": statistics.median(rates),
+            "cpu_per_1000": statistics.median(cpu),
+        }
+        journal = workdir / "journal-latency.sqlite3" if setting == "on" else None
+        figures[setting]["latency"] = measure_latency(broker, workdir, rate, count // 2, journal)
+    return figures
+
+
+def measure_journal_size(broker: Broker, workdir: Path, count: int) -> dict[str, float]:
+    """The journal file's size after ``count`` commands with ids (all within the window)."""
+    journal = workdir / "journal-size.sqlite3"
+    gateway = start_gateway(broker, workdir, switches(10), journal)
+    try:
+        asyncio.run(wait_online(broker.port, 10, time.monotonic()))
+        loadgen(broker.port, count=count, devices=10)
+    finally:
+        gateway.terminate()
+        gateway.wait()
+    files = [journal, journal.with_name(journal.name + "-wal")]
+    size = sum(path.stat().st_size for path in files if path.exists())
+    return {"commands": count, "mb": size / 1e6, "kb_per_command": size / 1e3 / count}
+
+
 def measure_slow_fanout(broker: Broker, workdir: Path, devices: int) -> dict[str, float]:
     """One command each to ``devices`` devices taking 0.1 s: when is the last answered?"""
-    gateway = start_gateway(broker, workdir, switches(devices, latency=0.1))
+    journal = workdir / "journal-fanout.sqlite3"
+    gateway = start_gateway(broker, workdir, switches(devices, latency=0.1), journal)
     try:
         asyncio.run(wait_online(broker.port, devices, time.monotonic()))
         return loadgen(broker.port, count=devices, devices=devices, window=devices)
@@ -186,10 +233,18 @@ def measure_echo_fanout(broker: Broker, devices: int) -> dict[str, float]:
 
 def report(results: dict[str, Any]) -> None:
     """Print the Markdown table."""
-    echo, gateways = results["echo"], results["gateways"]
-    base = gateways[10]
+    rows = main_rows(results) if "echo" in results else []
+    rows += journal_rows(results)
     print("| figure | value |")  # noqa: T201
     print("|---|---|")  # noqa: T201
+    for name, value in rows:
+        print(f"| {name} | {value} |")  # noqa: T201
+
+
+def main_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ceilings, the gateway at each scale, latency and fanout."""
+    echo, gateways = results["echo"], results["gateways"]
+    base = gateways[10]
     rows = [
         ("aiomqtt ceiling (echo), commands/s", fmt_rate(echo)),
         ("gateway, 10 devices, commands/s", fmt_rate(base)),
@@ -246,8 +301,39 @@ def report(results: dict[str, Any]) -> None:
             f"{fan['seconds']:.3f} s (p99 {fan['p99_ms']:.0f} ms)",
         )
     )
-    for name, value in rows:
-        print(f"| {name} | {value} |")  # noqa: T201
+    return rows
+
+
+def journal_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The journal's cost (off and on in the same run) and its file size."""
+    rows: list[tuple[str, str]] = []
+    journal = results["journal"]
+    off, on = journal["off"], journal["on"]
+    rows += [
+        (
+            "journal off / on, 10 devices, commands/s (on / off)",
+            f"{off['median']:.0f} / {on['median']:.0f} ({on['median'] / off['median']:.2f}x)",
+        ),
+        (
+            "journal off / on, CPU s per 1,000 commands",
+            f"{off['cpu_per_1000']:.3f} / {on['cpu_per_1000']:.3f}",
+        ),
+        (
+            f"journal off / on, latency at {results['rate']:.0f}/s: p50 / p99 ms",
+            (
+                f"{off['latency']['p50_ms']:.2f} / {off['latency']['p99_ms']:.2f} off, "
+                f"{on['latency']['p50_ms']:.2f} / {on['latency']['p99_ms']:.2f} on"
+            ),
+        ),
+    ]
+    size = results["journal_size"]
+    rows.append(
+        (
+            f"journal file after {size['commands']:,.0f} commands with ids",
+            f"{size['mb']:.1f} MB ({size['kb_per_command']:.2f} KB per command)",
+        )
+    )
+    return rows
 
 
 def fmt_rate(figures: dict[str, float]) -> str:
@@ -255,10 +341,34 @@ def fmt_rate(figures: dict[str, float]) -> str:
     return f"{figures['median']:.0f} ({figures['min']:.0f}-{figures['max']:.0f})"
 
 
+def measure_everything_else(
+    broker: Broker,
+    workdir: Path,
+    results: dict[str, Any],
+    mqtt5_python: str | None,
+    scales: tuple[int, ...],
+) -> None:
+    """The ceilings, the gateway at each scale (journal on, as by default), fanout."""
+    runs, count = results["runs"], results["count"]
+    results["echo"] = measure_echo(broker, runs, count, ECHO)
+    results["echo_direct"] = measure_echo(broker, runs, count, [*ECHO, "--direct"])
+    if mqtt5_python:
+        echo5 = [mqtt5_python, "-m", "bench.echo_mqtt5"]
+        results["echo_mqtt5"] = measure_echo(broker, runs, count, echo5)
+    results["gateways"] = {n: measure_gateway(broker, workdir, n, runs, count) for n in scales}
+    journal = workdir / "journal-latency.sqlite3"
+    results["latency"] = measure_latency(broker, workdir, results["rate"], count // 2, journal)
+    results["fanout"] = measure_slow_fanout(broker, workdir, results["fanout_devices"])
+    results["echo_fanout"] = measure_echo_fanout(broker, results["fanout_devices"])
+
+
 def main() -> None:
     """Run every measurement."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one run each, smaller counts")
+    parser.add_argument(
+        "--journal-only", action="store_true", help="only the journal's cost and file size"
+    )
     parser.add_argument(
         "--mqtt5-python",
         metavar="PYTHON",
@@ -276,18 +386,13 @@ def main() -> None:
                 "rate": 1000.0,
                 "fanout_devices": 1000,
                 "commands": runs * count + 1000,  # per gateway, the warm-up included
+                "runs": runs,
+                "count": count,
             }
-            results["echo"] = measure_echo(broker, runs, count, ECHO)
-            results["echo_direct"] = measure_echo(broker, runs, count, [*ECHO, "--direct"])
-            if args.mqtt5_python:
-                echo5 = [args.mqtt5_python, "-m", "bench.echo_mqtt5"]
-                results["echo_mqtt5"] = measure_echo(broker, runs, count, echo5)
-            results["gateways"] = {
-                n: measure_gateway(broker, workdir, n, runs, count) for n in scales
-            }
-            results["latency"] = measure_latency(broker, workdir, results["rate"], count // 2)
-            results["fanout"] = measure_slow_fanout(broker, workdir, results["fanout_devices"])
-            results["echo_fanout"] = measure_echo_fanout(broker, results["fanout_devices"])
+            if not args.journal_only:
+                measure_everything_else(broker, workdir, results, args.mqtt5_python, scales)
+            results["journal"] = measure_journal(broker, workdir, runs, count, results["rate"])
+            results["journal_size"] = measure_journal_size(broker, workdir, 100_000)
         finally:
             broker.kill()
     print(json.dumps(results, indent=1, default=str), file=sys.stderr)  # noqa: T201
