@@ -42,9 +42,13 @@ log = logging.getLogger(__name__)
 
 # Rows deleted per transaction when pruning: small enough that no commit stalls.
 PRUNE_BATCH = 100
-# Commits on the event loop between WAL checkpoints (on the thread): the WAL stays
-# a few MB, and the loop never runs a checkpoint's fsync.
+# Commits on the event loop between WAL checkpoints, run by the thread beside them
+# (a checkpoint fsyncs: the loop never waits for one).
 CHECKPOINT_EVERY = 200
+# A checkpoint beside commits cannot let the WAL start over while commits keep
+# coming; past this many pages (16 MB), one runs with the loop's commits held
+# (handed to the thread) for its duration, so the WAL starts over.
+WAL_PAGES_LIMIT = 4096
 # A WAL that grew past this (a burst of large results) is cut back to it once copied.
 WAL_SIZE_LIMIT = 8 * 1024 * 1024
 _NOT_OPEN = "not open yet"
@@ -78,7 +82,7 @@ Record = tuple[str, str, float, "Answered | None"]
 Durable: TypeAlias = "Callable[[str | None], None]"
 _Batch = tuple[list[Record], list[Durable]]
 # What the thread is asked to do besides writing a batch.
-_STOP, _RETRY, _CHECKPOINT = "stop", "retry", "checkpoint"
+_STOP, _RETRY, _CHECKPOINT, _CHECKPOINT_ALONE = "stop", "retry", "checkpoint", "alone"
 
 
 class Journal:
@@ -102,6 +106,7 @@ class Journal:
         self._retry = retry_interval
         self._on_change = on_change
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None  # the thread's own
         self._bytes = 0  # the sizes of the rows held, for the byte budget
         self._pending: list[Record] = []
         self._waiters: list[Durable] = []
@@ -212,10 +217,8 @@ class Journal:
         else:
             self._commits_since_checkpoint += 1
             if self._commits_since_checkpoint >= CHECKPOINT_EVERY:
-                # On the same connection with no commit in between, the checkpoint
-                # copies the whole WAL, so the next commit starts it over: it stays small.
                 self._commits_since_checkpoint = 0
-                self._hand_over(_CHECKPOINT)
+                self._batches.put(_CHECKPOINT)  # on its own connection: not handed over
         self._committed(waiters, error)
 
     def _hand_over(self, item: _Batch | str) -> None:
@@ -354,49 +357,49 @@ class Journal:
         assert self._loop is not None  # noqa: S101 - open() set it
         while not self._loop.is_closed():
             try:
-                batch = self._batches.get(timeout=None if self._db else self._retry)
+                first = self._batches.get(timeout=None if self._db else self._retry)
             except queue.Empty:
                 self._reopen()
                 continue
-            if batch == _STOP:
+            # Group commit: whatever else is waiting now is done in the same round.
+            items = [first]
+            while _STOP not in items and not self._batches.empty():
+                items.append(self._batches.get())
+            self._do(items)
+            if _STOP in items:
                 break
-            if batch == _CHECKPOINT:
-                self._checkpoint()
-                self._to_loop(self._handed_back, 1)
-                continue
-            records: list[Record] = []
-            waiters: list[Durable] = []
-            if isinstance(batch, tuple):  # else _RETRY: just reopen
-                records, waiters = batch
-            taken, stop = self._take_waiting(records, waiters)
-            self._write(1 + taken, records, waiters)
-            if stop:
-                break
+        self._close_checkpointer()
         if self._db is not None:
             self._db.close()
             self._db = None
 
-    def _take_waiting(self, records: list[Record], waiters: list[Durable]) -> tuple[int, bool]:
-        """Group commit: add every batch waiting now; how many items, and whether to stop."""
-        taken = 0
-        while not self._batches.empty():
-            more = self._batches.get()
-            if more == _STOP:
-                return taken, True
-            taken += 1  # a checkpoint or retry among them is done by this commit
-            if isinstance(more, tuple):
-                records += more[0]
-                waiters += more[1]
-        return taken, False
+    def _do(self, items: list[_Batch | str]) -> None:
+        """One round of the thread: the batches in one commit, then the checkpoint.
 
-    def _write(self, items: int, records: list[Record], waiters: list[Durable]) -> None:
-        """Commit a batch (reopening the file first if need be); tell the loop after."""
+        The loop is told once all is done: until then the file is the thread's.
+        """
+        batches = [item for item in items if isinstance(item, tuple)]
+        waiters = [then for batch in batches for then in batch[1]] if batches else None
+        error = None
+        if batches or _RETRY in items:
+            error = self._write([record for batch in batches for record in batch[0]])
+            waiters = waiters or []
+        if _CHECKPOINT_ALONE in items:
+            self._checkpoint_alone()
+        elif _CHECKPOINT in items:
+            self._checkpoint_beside()
+        handed_over = sum(item != _CHECKPOINT for item in items)
+        if handed_over:
+            self._to_loop(self._handed_back, handed_over, waiters, error)
+
+    def _write(self, records: list[Record]) -> str | None:
+        """Commit a batch, reopening the file first if need be; the problem, if any."""
         error = None
         if self._db is None:
             error = self._open_again()
         if self._db is not None and records:
             error = self._commit(self._db, records)
-        self._to_loop(self._handed_back, items, waiters, error)
+        return error
 
     def _commit(self, db: sqlite3.Connection, records: list[Record]) -> str | None:
         """Write ``records`` in one transaction; on failure, close the file and say why."""
@@ -409,14 +412,37 @@ class Journal:
             return _describe(exc)
         return None
 
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the file, off the loop (it fsyncs), so the WAL stays small."""
+    def _checkpoint_beside(self) -> None:
+        """Copy the WAL into the file on a connection of the thread's own.
+
+        The loop goes on committing meanwhile. Once the load pauses, the WAL starts
+        over; if it keeps growing, the loop is asked for a checkpoint alone.
+        """
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None)
+            pages = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        except sqlite3.Error as exc:  # the next commit says whether the file still works
+            log.debug("journal %s: checkpoint failed: %s", self.path, exc)
+            self._close_checkpointer()
+            return
+        if pages > WAL_PAGES_LIMIT:
+            self._to_loop(self._hand_over, _CHECKPOINT_ALONE)
+
+    def _checkpoint_alone(self) -> None:
+        """With the loop's commits held: the whole WAL is copied, so it starts over."""
         if self._db is None:
             return
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:  # the next write says whether the file still works
+        except sqlite3.Error as exc:
             log.debug("journal %s: checkpoint failed: %s", self.path, exc)
+
+    def _close_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._checkpointer.close()
+            self._checkpointer = None
 
     def _transaction(self, db: sqlite3.Connection, records: list[Record]) -> None:
         rows = [_row(*record) for record in records]
