@@ -492,6 +492,7 @@ class Journal:
 
     def _open_again(self) -> str | None:
         """Open the file again; the problem if it still cannot be written."""
+        self._close_checkpointer()  # it may hold a file since moved aside
         try:
             db = self._connect_or_replace()
             total = db.execute("SELECT COALESCE(SUM(size), 0) FROM commands").fetchone()[0]
