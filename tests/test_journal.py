@@ -221,8 +221,8 @@ async def test_the_wal_stays_small_under_a_steady_stream(
         if n % 50 == 0:
             largest = max(largest, wal.stat().st_size)
     # Past the limit, a checkpoint alone lets the WAL start over. Without one it
-    # would pass 10 MB; the file itself holds the records.
-    assert largest < 3_000_000, largest
+    # would pass 12 MB; the file itself holds the records.
+    assert largest < 6_000_000, largest
     await journal.close()
     kept = await reopened(journal.path)
     assert [command_id for _, command_id, _, _ in kept[-2:]] == ["id-2998", "id-2999"]
