@@ -494,3 +494,40 @@ async def test_commands_reaching_a_connect_given_up_on_run_once(
             # answer to them, a duplicate one included.
             last = await probe.command("c", {"action": "increment"})
             await assert_each_ran_once(probe, [*warm, *sent, last["id"]])
+
+
+async def test_a_backlog_that_takes_longer_than_the_timeout_to_arrive_is_waited_for(
+    make_config: Callable[..., Config], broker: Broker, probe: Probe
+) -> None:
+    # The SUBACK comes behind everything the broker queued for the session. A slow
+    # link makes that take longer than the client's timeout (1.5 x keepalive = 3 s):
+    # while messages keep coming, the gateway waits instead of reconnecting (which
+    # would start the backlog over, and under steady load never end).
+    async with FaultProxy(broker.port) as proxy:
+        config = make_config(
+            mqtt={"port": proxy.port, "keepalive": KEEPALIVE},
+            gateway={"queue_size": 5000},
+            devices=[{"id": "c", "type": "simulated.counter"}],
+        )
+        async with started(config, probe) as gateway:
+            proxy.blackhole(refuse_new=True)
+            assert proxy.drop() == 1
+            await probe.wait_for(lambda m: m.topic == STATUS and m.payload == b"offline")
+            backlog = ids(2500)  # about 210 KB: four chunks of the proxy's
+            await increment(probe, backlog)
+            proxy.delay(down=1.5)  # each chunk from the broker
+            healed = time.monotonic()
+            await proxy.heal()
+            # Subscribed (after the backlog), it says so.
+            await probe.wait_for(status_after(b"online", healed), timeout=30)
+            took = time.monotonic() - healed
+            proxy.delay()  # the results' acknowledgements at full speed again
+            await probe.result("c", backlog[-1], timeout=30)  # they run in order
+            first_runs = [
+                m.json for m in probe.on("iot/c/result") if not m.json["duplicate"]
+            ]  # (a result resent after a lost PUBACK is a duplicate)
+            assert sorted(r["id"] for r in first_runs) == sorted(backlog)  # each once
+            assert [r["state"]["count"] for r in first_runs] == list(range(1, 2501))
+        assert took > 1.5 * KEEPALIVE, took  # the backlog did outlast the timeout
+        assert gateway.session.reconnects == 1
+        assert proxy.accepted == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import uuid
@@ -163,27 +164,42 @@ class _Link:
                 aiomqtt_on_publish(paho, userdata, mid, *reason)
 
         self._ours: set[int] = set()
+        self._heard = 0  # messages received: a subscribe waits while this grows
         self._paho.on_publish = on_publish
         handler.attached(self)
 
     async def subscribe(self, topic_filter: str, *, skip_retained: bool = False) -> list[int]:
-        """Subscribe at QoS 1; the reason codes."""
+        """Subscribe at QoS 1; the reason codes.
+
+        The SUBACK comes after whatever the broker had queued for the session, so
+        behind a large backlog it may take longer than the client's timeout. Only
+        silence gives up: while messages keep arriving, the broker is there.
+        """
+        options = None
+        if skip_retained and self._v5:
+            # MQTT 5 §3.8.3.1: Retain Handling 2 sends no retained messages on
+            # subscribe, and Retain As Published keeps the flag on a command
+            # published retained while we are connected, so it can be refused.
+            options = SubscribeOptions(
+                qos=1, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND
+            )
+        # paho takes the QoS from the options when there are some, and refuses both.
+        qos = 0 if options else 1
+        granted = asyncio.ensure_future(
+            self._client.subscribe(topic_filter, qos=qos, options=options, timeout=math.inf)
+        )
         try:
-            if skip_retained and self._v5:
-                # MQTT 5 §3.8.3.1: Retain Handling 2 sends no retained messages on
-                # subscribe, and Retain As Published keeps the flag on a command
-                # published retained while we are connected, so it can be refused.
-                options = SubscribeOptions(
-                    qos=1,
-                    retainAsPublished=True,
-                    retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
-                )
-                granted = await self._client.subscribe(topic_filter, options=options)
-            else:
-                granted = await self._client.subscribe(topic_filter, qos=1)
+            while not granted.done():
+                heard = self._heard
+                await asyncio.wait({granted}, timeout=self._client.timeout)
+                if not granted.done() and self._heard == heard:
+                    raise TransportError("Operation timed out (no SUBACK)")
+            codes = granted.result()
         except aiomqtt.MqttError as exc:
             raise TransportError(str(exc) or type(exc).__name__) from exc
-        return [code if isinstance(code, int) else code.value for code in granted]
+        finally:
+            granted.cancel()
+        return [code if isinstance(code, int) else code.value for code in codes]
 
     def publish(self, message: Outbound) -> int:
         """Hand ``message`` to paho; its packet id is the token."""
@@ -221,6 +237,7 @@ class _Link:
             raise TransportError(str(exc) or type(exc).__name__) from exc
 
     def _on_message(self, _paho: Any, _userdata: Any, message: MQTTMessage) -> None:  # noqa: ANN401
+        self._heard += 1
         handler = self._handler
         if handler is None:
             return
