@@ -15,6 +15,7 @@ from devices.base import (
     Params,
     PreconditionFailedError,
 )
+from devices.capabilities import StateField, capabilities
 
 __all__ = [
     "Adapter",
@@ -26,4 +27,6 @@ __all__ = [
     "NoParams",
     "Params",
     "PreconditionFailedError",
+    "StateField",
+    "capabilities",
 ]

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from devices.capabilities import StateField  # noqa: TC001 - pydantic reads it at run time
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from contextlib import AbstractAsyncContextManager
@@ -32,6 +34,16 @@ class DeviceConfig(BaseModel):
     type: str
     depends_on: tuple[str, ...] = ()
     timeout: float | None = Field(default=None, gt=0)
+    name: str | None = Field(default=None, min_length=1)
+    """What people call the device (default: its id)."""
+    area: str | None = Field(default=None, min_length=1)
+    """Where it is (Home Assistant's suggested area)."""
+    manufacturer: str | None = Field(default=None, min_length=1)
+    """Overrides the adapter's ``manufacturer``."""
+    model: str | None = Field(default=None, min_length=1)
+    """Overrides the adapter's ``model``."""
+    state_fields: dict[str, StateField] = Field(default_factory=dict)
+    """Adds to or corrects what the adapter says of its state fields (``capabilities``)."""
 
 
 class Params(BaseModel):
@@ -87,6 +99,13 @@ class Adapter(abc.ABC):
 
     config_model: ClassVar[type[DeviceConfig]] = DeviceConfig
     actions: ClassVar[Mapping[str, type[Params]]] = {}
+    state_fields: ClassVar[Mapping[str, StateField]] = {}
+    """What cannot be derived from ``actions`` about the state (see ``devices.capabilities``)."""
+    manufacturer: ClassVar[str | None] = None
+    model: ClassVar[str | None] = None
+    """Shown in Home Assistant's device page (default: the device's type)."""
+    version: ClassVar[str | None] = None
+    """The adapter's version (default: its installed package's)."""
 
     @classmethod
     def actions_for(cls, config: DeviceConfig) -> Mapping[str, type[Params]]:
@@ -97,6 +116,17 @@ class Adapter(abc.ABC):
         """
         del config
         return cls.actions
+
+    @classmethod
+    def state_fields_for(cls, config: DeviceConfig) -> Mapping[str, StateField]:
+        """The declared state fields of the device configured by ``config``.
+
+        ``state_fields`` by default; an adapter whose points come from its
+        configuration overrides it. Like ``actions_for``, it must be cheap and
+        must not touch the device.
+        """
+        del config
+        return cls.state_fields
 
     @classmethod
     def contract_sample(cls) -> AbstractAsyncContextManager[ContractSample] | None:

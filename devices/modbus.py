@@ -16,6 +16,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from devices.base import DeviceConfig, DeviceError, DeviceEvents, NoParams, Params
+from devices.capabilities import StateField
 from devices.templates import (
     NAME_PATTERN,
     ActionModels,
@@ -28,7 +29,7 @@ from devices.templates import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from pymodbus.pdu import ModbusPDU
 
@@ -171,7 +172,19 @@ class ModbusDevice(ConfiguredActionsAdapter):
     """A Modbus TCP device; the host, not pymodbus, reconnects it."""
 
     config_model: ClassVar[type[DeviceConfig]] = ModbusConfig
+    model: ClassVar[str | None] = "Modbus TCP device"
     config: ModbusConfig
+
+    @classmethod
+    def state_fields_for(cls, config: DeviceConfig) -> Mapping[str, StateField]:
+        """A bool per coil, a number per register; the write actions make them settable."""
+        if not isinstance(config, ModbusConfig):
+            return {}
+        fields = dict.fromkeys(config.coils, StateField(kind="bool"))
+        for name, register in config.registers.items():
+            step = None if register.scale == 1 else register.scale
+            fields[name] = StateField(kind="number", step=step)
+        return fields
 
     def __init__(self, config: DeviceConfig, events: DeviceEvents) -> None:
         """Plan the writes; not connected until ``open``."""

@@ -17,6 +17,7 @@ from devices.base import (
     Params,
     PreconditionFailedError,
 )
+from devices.capabilities import StateField
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -58,10 +59,17 @@ _POWER_ACTIONS: Mapping[str, type[Params]] = {
 }
 
 
+# `power` is "on"/"off", switched by turn_on/turn_off.
+_POWER = StateField(
+    kind="bool", on_value="on", off_value="off", turn_on="turn_on", turn_off="turn_off"
+)
+
+
 class SimulatedDevice(Adapter):
     """Shared behaviour: connect delay, latency, injected failures."""
 
     config_model: ClassVar[type[DeviceConfig]] = SimulatedConfig
+    manufacturer: ClassVar[str | None] = "iot-gateway"
     initial_state: ClassVar[Mapping[str, object]] = {}
     config: SimulatedConfig
 
@@ -103,6 +111,8 @@ class SimulatedSwitch(SimulatedDevice):
     """An on/off switch."""
 
     actions: ClassVar[Mapping[str, type[Params]]] = _POWER_ACTIONS
+    state_fields: ClassVar[Mapping[str, StateField]] = {"power": _POWER}
+    model: ClassVar[str | None] = "Simulated switch"
     initial_state: ClassVar[Mapping[str, object]] = {"power": "off"}
 
 
@@ -110,6 +120,9 @@ class SimulatedLight(SimulatedDevice):
     """A dimmable light."""
 
     actions: ClassVar[Mapping[str, type[Params]]] = {**_POWER_ACTIONS, "set_brightness": Level}
+    # brightness is derived from set_brightness; with power, a light.
+    state_fields: ClassVar[Mapping[str, StateField]] = {"power": _POWER}
+    model: ClassVar[str | None] = "Simulated light"
     initial_state: ClassVar[Mapping[str, object]] = {"power": "off", "brightness": 100}
 
     async def apply(self, action: str, params: Params) -> None:
@@ -130,6 +143,12 @@ class SimulatedSpeaker(SimulatedDevice):
         "play": Song,
         "stop": NoParams,
     }
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "power": _POWER,
+        # `play` sets what is playing; `play` keeps the key of earlier discovery configs.
+        "playing": StateField(kind="string", set_by="play", entity_key="play", name="Play"),
+    }
+    model: ClassVar[str | None] = "Simulated speaker"
     initial_state: ClassVar[Mapping[str, object]] = {"power": "off", "volume": 50, "playing": None}
 
     async def apply(self, action: str, params: Params) -> None:
@@ -153,6 +172,15 @@ class SimulatedSensor(SimulatedDevice):
 
     config_model: ClassVar[type[DeviceConfig]] = SensorConfig
     actions: ClassVar[Mapping[str, type[Params]]] = {"read": NoParams}
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "temperature": StateField(
+            kind="number", unit="°C", device_class="temperature", state_class="measurement"
+        ),
+        "humidity": StateField(
+            kind="number", unit="%", device_class="humidity", state_class="measurement"
+        ),
+    }
+    model: ClassVar[str | None] = "Simulated sensor"
     config: SensorConfig
 
     async def open(self) -> None:
@@ -183,6 +211,10 @@ class SimulatedCounter(SimulatedDevice):
     """Counts the commands it runs: shows that none runs twice or is lost."""
 
     actions: ClassVar[Mapping[str, type[Params]]] = {"increment": NoParams, "reset": NoParams}
+    state_fields: ClassVar[Mapping[str, StateField]] = {
+        "count": StateField(kind="number", state_class="total_increasing")
+    }
+    model: ClassVar[str | None] = "Simulated counter"
     initial_state: ClassVar[Mapping[str, object]] = {"count": 0}
 
     async def apply(self, action: str, params: Params) -> None:

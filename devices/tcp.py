@@ -13,11 +13,12 @@ import asyncio
 import codecs
 import contextlib
 import re
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from devices.base import DeviceConfig, DeviceError, DeviceEvents, Params
+from devices.capabilities import StateField
 from devices.templates import (
     ActionModels,
     ActionName,
@@ -33,6 +34,9 @@ from devices.templates import (
     refuse,
     render,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _DECIMAL = re.compile(r"^[+-]?\d*\.\d+$")
@@ -131,6 +135,15 @@ class TcpDevice(ConfiguredActionsAdapter):
 
     config_model: ClassVar[type[DeviceConfig]] = TcpConfig
     config: TcpConfig
+
+    @classmethod
+    def state_fields_for(cls, config: DeviceConfig) -> Mapping[str, StateField]:
+        """A field per named group of ``state_regex``; its kind is unknown (a string)."""
+        if not isinstance(config, TcpConfig):
+            return {}
+        return {
+            name: StateField() for pattern in config.state_regex for name in pattern.groupindex
+        }
 
     def __init__(self, config: DeviceConfig, events: DeviceEvents) -> None:
         """Not connected until ``open``."""

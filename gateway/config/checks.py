@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from devices.capabilities import unknown_actions
 from gateway.core.errors import format_path
 from gateway.core.graph import depths, find_cycles
 from gateway.core.registry import UnknownAdapterError
@@ -64,8 +65,12 @@ def validate_devices(
             continue
         seen.add(device_id)
         try:
-            model = registry.get(str(entry.get("type"))).config_model
-            devices[device_id] = model.model_validate(entry)
+            adapter = registry.get(str(entry.get("type")))
+            devices[device_id] = config = adapter.config_model.model_validate(entry)
+            problems += [
+                f"{where}.state_fields.{problem}"
+                for problem in unknown_actions(config.state_fields, adapter.actions_for(config))
+            ]
         except UnknownAdapterError as exc:
             problems.append(f"{where}.type: {exc}")
         except ValidationError as exc:

@@ -8,6 +8,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from devices.capabilities import describe as describe_fields
+from devices.capabilities import device_fields
 from gateway.core.device_runner import DeviceRunner, Status
 
 if TYPE_CHECKING:
@@ -76,16 +78,19 @@ class Fleet:
         return self.runners.get(device_id)
 
     def describe(self) -> list[dict[str, Any]]:
-        """The ``gateway/devices`` list: id, type, dependencies, action schemas."""
+        """The ``gateway/devices`` list: id, type, dependencies, action schemas, state fields."""
         return [
             {
                 "id": r.id,
                 "type": r.config.type,
+                "name": r.config.name or r.id,
+                "area": r.config.area,
                 "depends_on": list(r.config.depends_on),
                 "actions": {
                     name: _schema(model)
                     for name, model in r.adapter_type.actions_for(r.config).items()
                 },
+                "state_fields": describe_fields(device_fields(r.adapter_type, r.config)),
             }
             for r in self
         ]
