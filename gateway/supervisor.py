@@ -16,6 +16,8 @@ from gateway.core.events import AvailabilityChanged, ConnectionChanged, EventStr
 from gateway.core.messages import Inbound, Outbound
 from gateway.core.runtime import Core
 from gateway.core.topics import Topics
+from gateway.surfaces.activity import Activity
+from gateway.surfaces.ha_payloads import device_info, http_page
 from gateway.surfaces.homeassistant import Discovery
 from gateway.surfaces.http import HttpServer
 from gateway.surfaces.metrics import Metrics
@@ -51,16 +53,7 @@ class Gateway:
         self.core = Core(config, registry, self.topics, self.events, on_status=self._changed.set)
         self.outbox, self.fleet = self.core.outbox, self.core.fleet
         self.scenes, self.dispatcher = self.core.scenes, self.core.dispatcher
-        self.discovery = (
-            Discovery(
-                settings.homeassistant,
-                self.topics,
-                settings.mqtt.client_id,
-                [(device.id, device.type) for device in config.devices],
-            )
-            if settings.homeassistant.discovery
-            else None
-        )
+        self.discovery, self.activity = self._home_assistant(config, registry)
         self.leftovers = Leftovers(self.topics, (device.id for device in config.devices))
         watched = [self.leftovers.topic, *(self.discovery.watched if self.discovery else [])]
         transport = AiomqttTransport(
@@ -85,6 +78,25 @@ class Gateway:
         self.stopped = asyncio.Event()
         self._signals = 0
         self._was_connected = False
+        self._activity_task: asyncio.Task[None] | None = None
+
+    def _home_assistant(
+        self, config: Config, registry: AdapterRegistry
+    ) -> tuple[Discovery | None, Activity | None]:
+        """Discovery and the gateway's activity figures, when discovery is on."""
+        settings = config.settings
+        if not settings.homeassistant.discovery:
+            return None, None
+        devices = [device_info(device, registry) for device in config.devices]
+        discovery = Discovery(
+            settings.homeassistant,
+            self.topics,
+            devices,
+            configuration_url=http_page(settings.http),
+        )
+        activity = Activity(discovery.payloads.activity_topic, discovery.payloads.version)
+        self.events.subscribe(activity.on_event)
+        return discovery, activity
 
     @property
     def ready(self) -> bool:
@@ -125,6 +137,8 @@ class Gateway:
             messages += runner.announcements()
         if self.discovery is not None:
             messages += self.discovery.announcements()
+        if self.activity is not None:
+            messages.append(self.activity.message())
         return messages
 
     def on_message(self, message: Inbound) -> None:
@@ -138,6 +152,11 @@ class Gateway:
         if self.discovery is not None and self.discovery.handle(message, self.outbox.put):
             return
         self.dispatcher.on_message(message)
+
+    def _publish_if_connected(self, message: Outbound) -> None:
+        """Publish a periodic update now, or not at all: the next connect sends a fresh one."""
+        if self.connected:
+            self.outbox.put(message)
 
     def on_connection(self, *, connected: bool) -> None:
         """Track the broker connection (for readiness) and tell systemd."""
@@ -210,6 +229,12 @@ class Gateway:
             background.append(tasks.create_task(self.http.run(), name="http"))
             # A port already taken ends serve() here, before anything connects.
             await self.http.started.wait()
+        if self.activity is not None:
+            interval = self.config.settings.homeassistant.activity_interval
+            self._activity_task = tasks.create_task(
+                self.activity.run(self._publish_if_connected, interval), name="activity"
+            )
+            background.append(self._activity_task)
         if self.systemd.enabled:
             background.append(tasks.create_task(self.systemd.run(), name="systemd"))
             background.append(tasks.create_task(self._notify_ready(), name="readiness"))
@@ -228,6 +253,8 @@ class Gateway:
         """Last of all, so /healthz answers and the watchdog pings through the drain."""
         if self.http is not None:
             self.http.stop()
+        if self._activity_task is not None:
+            self._activity_task.cancel()  # a loop with nothing to finish
         self.systemd.close()
         if background:
             _, late = await asyncio.wait(background, timeout=BACKGROUND_STOP_TIMEOUT)

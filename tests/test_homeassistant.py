@@ -1,12 +1,25 @@
-"""Home Assistant discovery: configs, availability, re-announce, removal, HA's commands."""
+"""Home Assistant over a real broker: the test plays Home Assistant.
+
+It reads the device configs, publishes what Home Assistant would publish on
+each entity's command topic (command templates rendered with Jinja2), and
+checks that the command ran and that the state topic the entity reads now
+renders, through the entity's own template, as Home Assistant would show it.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
 
-from tests.conftest import started
+import pytest
+
+from tests.conftest import DEMO_DEVICES, started
+from tests.fakes import FakePlc, FakePlug
+from tests.home_assistant import VALUE_TEMPLATE, problems, render_command, render_value
 from tests.probe import Probe
+from tests.test_adapter_modbus import INPUT, plc_entry
+from tests.test_ha_payloads import SHELLY, THERMOSTAT
+from tests.test_third_party_adapter import acme_site  # noqa: F401 - a fixture used below
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -15,124 +28,280 @@ if TYPE_CHECKING:
     from tests.broker import Broker
 
 HA = {"discovery": True, "prefix": "homeassistant"}
-NODE = "iot-gateway"  # the default client id
+NODE = "iot-gateway"
+ORDER = ["switch", "light", "number", "select", "text", "button"]  # power first, presses last
 
 
-def config_topic(component: str, object_id: str) -> str:
-    """Where the gateway puts an entity's discovery config."""
-    return f"homeassistant/{component}/{NODE}/{object_id}/config"
+def config_topic(device: str) -> str:
+    return f"homeassistant/device/{NODE}_{device}/config"
 
 
-def render(template: str, value: Any) -> str:
-    """What Home Assistant's template engine makes of the gateway's command templates."""
-    if "{{ value | tojson }}" in template:
-        return template.replace("{{ value | tojson }}", json.dumps(value))
-    if "{{ value | int }}" in template:
-        return template.replace("{{ value | int }}", str(int(value)))
-    return template.replace("{{ value }}", str(value))
+class HomeAssistant:
+    """What Home Assistant does with the configs: send commands, read states."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    async def config(self, device: str) -> dict[str, Any]:
+        [message] = await self.probe.wait_for(
+            lambda m: m.topic == config_topic(device) and bool(m.payload)
+        )
+        body: dict[str, Any] = message.json
+        return body
+
+    async def sends(self, topic: str, payload: str) -> Any:
+        """Publish on an entity's command topic; the command's result."""
+        result_topic = topic.rsplit("/", 1)[0] + "/result"
+        since = len(self.probe.messages)
+        await self.probe.publish(topic, payload)
+        [result] = await self.probe.wait_for(lambda m: m.topic == result_topic, since=since)
+        return result.json
+
+    async def reads(self, topic: str, template: str, expected: str | float) -> None:
+        """Wait until the latest message on ``topic`` renders as ``expected``."""
+
+        def shown() -> bool:
+            messages = self.probe.on(topic)
+            if not messages:
+                return False
+            text = render_value(template, messages[-1].payload)
+            return text == expected if isinstance(expected, str) else not _differs(expected, text)
+
+        while not shown():
+            await self.probe.wait_for(lambda m: m.topic == topic, since=len(self.probe.messages))
+
+    def shows(self, topic: str, template: str) -> str:
+        return render_value(template, self.probe.on(topic)[-1].payload)
+
+    async def operate(self, components: dict[str, Any]) -> list[str]:
+        """Use every control of a device as a user would; what each did, for the report."""
+        done = []
+        ordered = sorted(components.items(), key=lambda kv: _rank(kv[1]["platform"]))
+        for key, entity in ordered:
+            platform = entity["platform"]
+            if platform in {"switch", "light"}:
+                await self._switch(entity)
+            if platform == "light":
+                await self._brightness(entity)
+            elif platform in {"number", "select", "text"}:
+                await self._set(entity)
+            elif platform == "button":
+                result = await self.sends(entity["command_topic"], entity["payload_press"])
+                assert (result["action"], result["status"]) == (entity["payload_press"], "ok")
+            elif platform in {"sensor", "binary_sensor"} and key != "last_error":
+                assert self.shows(entity["state_topic"], entity["value_template"]) != ""
+            done.append(f"{key}:{platform}")
+        return done
+
+    async def _switch(self, entity: dict[str, Any]) -> None:
+        template = entity[VALUE_TEMPLATE.get(entity["platform"], "value_template")]
+        for command, shown in (("payload_off", "state_off"), ("payload_on", "state_on")):
+            result = await self.sends(entity["command_topic"], entity[command])
+            assert result["status"] == "ok", result
+            # A light shows its own payloads; a switch its state_on/state_off.
+            expected = entity.get(shown, entity[command])
+            await self.reads(entity["state_topic"], template, expected)
+
+    async def _brightness(self, entity: dict[str, Any]) -> None:
+        level = entity["brightness_scale"] // 3
+        payload = render_command(entity["brightness_command_template"], level)
+        result = await self.sends(entity["brightness_command_topic"], payload)
+        assert result["status"] == "ok", result
+        template = entity["brightness_value_template"]
+        await self.reads(entity["brightness_state_topic"], template, str(level))
+
+    async def _set(self, entity: dict[str, Any]) -> None:
+        current = self.shows(entity["state_topic"], entity["value_template"])
+        value: Any
+        if entity["platform"] == "number":
+            value = next(float(v) for v in (entity["max"], entity["min"]) if _differs(v, current))
+        elif entity["platform"] == "select":
+            value = next(option for option in entity["options"] if option != current)
+        else:
+            value = 'Say "Hi" & go'
+        result = await self.sends(
+            entity["command_topic"], render_command(entity["command_template"], value)
+        )
+        assert result["status"] == "ok", result
+        await self.reads(entity["state_topic"], entity["value_template"], value)
 
 
-async def test_configs_for_every_entity_with_both_availabilities(
+def _rank(platform: str) -> int:
+    return ORDER.index(platform) if platform in ORDER else len(ORDER)
+
+
+def _differs(value: float, shown: str) -> bool:
+    try:
+        return float(shown) != float(value)
+    except ValueError:
+        return True
+
+
+@pytest.mark.usefixtures("acme_site")
+async def test_home_assistant_drives_every_entity_of_every_kind_of_device(
     make_config: Callable[..., Config], broker: Broker
 ) -> None:
-    async with (
-        Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe,
-        started(make_config(homeassistant=HA), probe),
-    ):
-        expected = [
-            config_topic("switch", "hub_power"),
-            config_topic("light", "light_light"),
-            config_topic("switch", "speaker_power"),
-            config_topic("number", "speaker_volume"),
-            config_topic("text", "speaker_play"),
-            config_topic("button", "speaker_stop"),
-            config_topic("sensor", "sensor_temperature"),
-            config_topic("sensor", "sensor_humidity"),
+    async with FakePlug() as plug, FakePlc() as plc:
+        await plc.write(INPUT, 3, 215)
+        devices = [
+            *DEMO_DEVICES,
+            {"id": "counter", "type": "simulated.counter"},
+            {**SHELLY, "base_url": plug.url},
+            plc_entry(plc.port),
+            THERMOSTAT,
         ]
-        for topic in expected:
-            [message] = await probe.wait_topic(topic)
-            body = message.json
-            assert body["availability_mode"] == "all"
-            assert body["availability"][0]["topic"] == "iot/gateway/status"
-            assert body["device"]["manufacturer"] == "iot-gateway"
-            assert body["unique_id"].startswith(NODE)
-        light = probe.on(config_topic("light", "light_light"))[0].json
-        assert light["brightness_scale"] == 100
-        assert light["command_topic"] == "iot/light/command"
-        sensor = probe.on(config_topic("sensor", "sensor_temperature"))[0].json
-        assert "command_topic" not in sensor
-        assert sensor["unit_of_measurement"] == "°C"
+        async with (
+            Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe,
+            started(make_config(homeassistant=HA, devices=devices), probe),
+        ):
+            ha = HomeAssistant(probe)
+            used = {}
+            for device in [d["id"] for d in devices]:
+                config = await ha.config(device)
+                assert problems(config) == []
+                await probe.wait_topic(f"iot/{device}/state")
+                used[device] = await ha.operate(config["cmps"])
+            assert used["light"][:2] == ["light:light", "toggle:button"]
+            assert "pump:switch" in used["plc"]
+            assert "mode:select" in used["hall"]
+            assert await plc.read(1, 1)  # the pump's coil: switched off, then on
 
 
-async def test_what_home_assistant_publishes_drives_the_devices(
+async def test_a_failed_command_fires_the_event_and_sets_the_last_error(
     make_config: Callable[..., Config], broker: Broker
 ) -> None:
     async with (
         Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe,
         started(make_config(homeassistant=HA), probe),
     ):
-        configs = {
-            name: (await probe.wait_topic(config_topic(*name)))[0].json
-            for name in [
-                ("switch", "hub_power"),
-                ("light", "light_light"),
-                ("number", "speaker_volume"),
-                ("text", "speaker_play"),
-                ("button", "speaker_stop"),
-                ("switch", "speaker_power"),
-            ]
-        }
-
-        async def ha_sends(name: tuple[str, str], payload: str, key: str = "command_topic") -> Any:
-            topic = configs[name][key]
-            device = topic.split("/")[1]
-            before = len(probe.on(f"iot/{device}/result"))
-            await probe.publish(topic, payload)
-            results = await probe.wait_topic(f"iot/{device}/result", count=before + 1)
-            return results[-1].json
-
-        hub = configs["switch", "hub_power"]
-        assert (await ha_sends(("switch", "hub_power"), hub["payload_on"]))["state"][
-            "power"
-        ] == "on"
-        light = configs["light", "light_light"]
-        assert (await ha_sends(("light", "light_light"), light["payload_on"]))["status"] == "ok"
-        dim = render(light["brightness_command_template"], 40)
-        result = await ha_sends(("light", "light_light"), dim, "brightness_command_topic")
-        assert result["state"] == {"power": "on", "brightness": 40}
-        speaker = configs["switch", "speaker_power"]
-        await ha_sends(("switch", "speaker_power"), speaker["payload_on"])
-        volume = render(configs["number", "speaker_volume"]["command_template"], 30.0)
-        assert (await ha_sends(("number", "speaker_volume"), volume))["state"]["volume"] == 30
-        song = render(configs["text", "speaker_play"]["command_template"], 'Say "Hi"')
-        assert (await ha_sends(("text", "speaker_play"), song))["state"]["playing"] == 'Say "Hi"'
-        stop = configs["button", "speaker_stop"]["payload_press"]
-        assert (await ha_sends(("button", "speaker_stop"), stop))["state"]["playing"] is None
+        ha = HomeAssistant(probe)
+        components = (await ha.config("speaker"))["cmps"]
+        play, event = components["play"], components["command_error"]
+        last = components["last_error"]
+        song = render_command(play["command_template"], "x")
+        result = await ha.sends(play["command_topic"], song)
+        assert result["error"]["code"] == "precondition_failed"  # the speaker is off
+        payload = probe.on(event["state_topic"])[-1].payload
+        fired = json.loads(render_value(event["value_template"], payload))
+        assert fired["event_type"] == "precondition_failed"
+        assert fired["event_type"] in event["event_types"]
+        assert fired["message"] == "cannot play while the speaker is off"
+        shown = render_value(last["value_template"], payload)
+        assert shown == "precondition_failed: cannot play while the speaker is off"
+        ok = await ha.sends(components["stop"]["command_topic"], "stop")
+        ok_payload = json.dumps(ok).encode()
+        assert render_value(event["value_template"], ok_payload) == ""  # fires nothing
+        assert render_value(last["value_template"], ok_payload, this=shown) == shown
 
 
-async def test_reannounces_when_home_assistant_comes_online(
+async def test_the_gateway_device_reports_connectivity_and_activity(
     make_config: Callable[..., Config], broker: Broker
 ) -> None:
+    ha_settings = {**HA, "activity_interval": 0.2}
     async with (
         Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe,
-        started(make_config(homeassistant=HA), probe),
+        started(make_config(homeassistant=ha_settings, http={"port": 0}), probe),
     ):
-        topic = config_topic("switch", "hub_power")
-        await probe.wait_topic(topic)
-        await probe.publish("homeassistant/status", "online")
-        await probe.wait_topic(topic, count=2)
+        ha = HomeAssistant(probe)
+        gateway = await ha.config("gateway")
+        assert problems(gateway) == []
+        components = gateway["cmps"]
+        connectivity = components["connectivity"]
+        assert probe.on(connectivity["state_topic"])[-1].text == connectivity["payload_on"]
+        hub = (await ha.config("hub"))["device"]
+        assert hub["via_device"] == gateway["device"]["identifiers"][0]
+        for _ in range(3):
+            await probe.command("hub", {"action": "toggle"})
+        await probe.command("hub", {"action": "fly"})  # unknown_action: refused on arrival
+        commands = components["commands_per_min"]
+        await ha.reads(commands["state_topic"], commands["value_template"], "3")
+        errors = components["errors_per_min"]
+        assert ha.shows(errors["state_topic"], errors["value_template"]) == "1"
+        version = components["version"]
+        assert (
+            ha.shows(version["state_topic"], version["value_template"])
+            == gateway["origin"]["sw_version"]
+        )
 
 
-async def test_removed_device_gets_an_empty_retained_config(
+async def test_per_entity_configs_of_earlier_versions_are_migrated(
     make_config: Callable[..., Config], broker: Broker
 ) -> None:
-    removed = config_topic("switch", "hub_power")
+    legacy = {
+        # As earlier versions published them (client id iot-gateway).
+        "homeassistant/switch/iot-gateway/hub_power/config": "iot-gateway_hub_power",
+        "homeassistant/light/iot-gateway/light_light/config": "iot-gateway_light_light",
+        "homeassistant/switch/iot-gateway/gone_power/config": "iot-gateway_gone_power",
+    }
     async with Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe:
+        for topic, unique_id in legacy.items():
+            await probe.publish(topic, {"unique_id": unique_id, "name": "Power"}, retain=True)
+        async with started(make_config(homeassistant=HA), probe):
+            since = len(probe.messages)
+            gone = "homeassistant/switch/iot-gateway/gone_power/config"
+            await probe.wait_for(lambda m: m.topic == gone and m.payload == b"", since=since)
+            sequence = [
+                (m.topic, m.payload)
+                for m in probe.messages[since:]
+                if m.topic.startswith("homeassistant/") and not m.retain
+            ]
+        hub = "homeassistant/switch/iot-gateway/hub_power/config"
+        migrate = b'{"migrate_discovery": true}'
+        # Migrate, then the device config takes the entity over, then the old topic is cleared.
+        assert sequence.index((hub, migrate)) < _index(sequence, config_topic("hub"))
+        assert _index(sequence, config_topic("hub")) < sequence.index((hub, b""))
+        hub_config = json.loads(dict(sequence)[config_topic("hub")])
+        assert hub_config["cmps"]["power"]["unique_id"] == "iot-gateway_hub_power"
+        assert (gone, migrate) not in sequence  # no entity to keep: just removed
+        assert (gone, b"") in sequence
+    async with Probe(broker.port, ["homeassistant/#"]) as late:
+        await late.wait_topic(config_topic("hub"))
+        assert not any(late.on(topic) for topic in legacy)  # nothing retained there now
+
+
+def _index(sequence: list[tuple[str, bytes]], topic: str) -> int:
+    return next(i for i, (t, payload) in enumerate(sequence) if t == topic and payload)
+
+
+async def test_configs_no_longer_published_are_removed_and_others_left_alone(
+    make_config: Callable[..., Config], broker: Broker
+) -> None:
+    removed = config_topic("hub")
+    foreign = "homeassistant/device/iot-gateway_x_hub/config"  # another gateway's node
+    async with Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe:
+        await probe.publish(foreign, {"device": {"identifiers": ["zz"]}, "cmps": {}}, retain=True)
         async with started(make_config(homeassistant=HA), probe):
             await probe.wait_topic(removed)
         devices = [{"id": "speaker", "type": "simulated.speaker"}]
         async with started(make_config(homeassistant=HA, devices=devices), probe):
             await probe.wait_for(lambda m: m.topic == removed and m.payload == b"")
     async with Probe(broker.port, ["homeassistant/#"]) as late:
-        await late.wait_topic(config_topic("switch", "speaker_power"))
-        assert late.on(removed) == []  # no retained config left for the removed device
+        await late.wait_topic(config_topic("speaker"))
+        await late.wait_topic(foreign)
+        assert late.on(removed) == []
+
+
+async def test_configs_come_again_when_home_assistant_comes_online(
+    make_config: Callable[..., Config], broker: Broker
+) -> None:
+    async with (
+        Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe,
+        started(make_config(homeassistant=HA), probe),
+    ):
+        await probe.wait_topic(config_topic("hub"))
+        await probe.publish("homeassistant/status", "online")
+        await probe.wait_topic(config_topic("hub"), count=2)
+
+
+async def test_a_new_client_id_keeps_the_same_entities(
+    make_config: Callable[..., Config], broker: Broker
+) -> None:
+    async with Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe:
+        async with started(make_config(homeassistant=HA), probe):
+            [first] = await probe.wait_topic(config_topic("hub"))
+        moved = make_config(homeassistant=HA, mqtt={"client_id": "renamed"})
+        async with started(moved, probe):
+            [_, second] = await probe.wait_topic(config_topic("hub"), count=2)
+            await probe.wait_topic(config_topic("sensor"), count=2)
+        assert second.json == first.json
+        assert not any(m.payload == b"" for m in probe.messages if "/device/" in m.topic)

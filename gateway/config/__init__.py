@@ -185,7 +185,15 @@ class HomeAssistantSettings(_Section):
     """Home Assistant MQTT discovery."""
 
     discovery: bool = False
-    prefix: str = "homeassistant"
+    prefix: str = Field(default="homeassistant", min_length=1, pattern=r"^[^#+]+$")
+    node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    """This gateway in discovery topics and unique ids (default: from ``mqtt.base_topic``)."""
+    support_url: str | None = None
+    """Where Home Assistant's device pages link for help with the gateway."""
+    configuration_url: str | None = None
+    """The gateway device's link (default: the HTTP server's page, when ``http`` is set)."""
+    activity_interval: float = Field(default=60, gt=0)
+    """Seconds between updates of the gateway's diagnostic figures."""
 
 
 class LoggingSettings(_Section):

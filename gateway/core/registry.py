@@ -22,14 +22,21 @@ class UnknownAdapterError(LookupError):
 class AdapterRegistry:
     """Maps a device ``type`` (``simulated.light``) to its adapter class."""
 
-    def __init__(self, adapters: Mapping[str, type[Adapter]]) -> None:
-        """Use exactly these adapters (tests register their own this way)."""
+    def __init__(
+        self, adapters: Mapping[str, type[Adapter]], versions: Mapping[str, str] | None = None
+    ) -> None:
+        """Use exactly these adapters (tests register their own this way).
+
+        ``versions`` are the versions of the packages the adapters came from.
+        """
         self._adapters = dict(adapters)
+        self._versions = dict(versions or {})
 
     @classmethod
     def from_entry_points(cls) -> AdapterRegistry:
         """Load every installed adapter; one that fails to load is logged and skipped."""
         adapters: dict[str, type[Adapter]] = {}
+        versions: dict[str, str] = {}
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 adapter = entry.load()
@@ -38,9 +45,11 @@ class AdapterRegistry:
                 continue
             if isinstance(adapter, type) and issubclass(adapter, Adapter):
                 adapters[entry.name] = adapter
+                if entry.dist is not None:
+                    versions[entry.name] = entry.dist.version
             else:
                 log.error("adapter %r is not an Adapter subclass; skipping it", entry.name)
-        return cls(adapters)
+        return cls(adapters, versions)
 
     def get(self, type_name: str) -> type[Adapter]:
         """The adapter class for ``type_name``."""
@@ -51,6 +60,10 @@ class AdapterRegistry:
             raise UnknownAdapterError(
                 f"unknown device type {type_name!r} (known: {known})"
             ) from None
+
+    def version(self, type_name: str) -> str | None:
+        """The adapter's own ``version``, else its package's; None if neither is known."""
+        return self.get(type_name).version or self._versions.get(type_name)
 
     def names(self) -> list[str]:
         """Every registered type name, sorted."""

@@ -1,164 +1,103 @@
-"""Home Assistant MQTT discovery: configs that make HA publish our own commands.
+"""Home Assistant MQTT discovery: one retained config per device, kept in step with the config.
 
-Every entity's command is a command the gateway already understands (a bare
-action name, or a JSON command from a template), so nothing here translates at
-run time. Availability requires both the gateway's status and the device's
-availability to be ``online``.
+Configs go to ``{prefix}/device/{node_id}_{device}/config`` (and the gateway's
+own to ``{node_id}_gateway``). ``node_id`` is ``homeassistant.node_id``; by
+default it comes from the base topic, not the client id, so changing the
+client id changes nothing in Home Assistant.
+
+Before publishing, the gateway reads what the broker holds under the prefix:
+on every connect it publishes a probe to itself after subscribing, and acts
+when the probe comes back, once the broker has handed over every retained
+message of the subscriptions made before it. Then, and again whenever Home
+Assistant says ``online`` on ``{prefix}/status``:
+
+1. each per-entity config of earlier versions
+   (``{prefix}/<component>/{node_id}/<object>/config``) whose entity still
+   exists gets ``{"migrate_discovery": true}``, which makes Home Assistant let
+   go of it while keeping the entity; one whose entity is gone is emptied;
+2. every device's config is published: the migrated entities come back under it
+   with their unique ids (and so their entity ids, names and history);
+3. the migrated per-entity topics are emptied, and so is every device config
+   of this gateway that names a device no longer configured.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.messages import Inbound, Outbound
+from gateway.surfaces.ha_payloads import GATEWAY, Payloads
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from gateway.config import HomeAssistantSettings
     from gateway.core.topics import Topics
+    from gateway.surfaces.ha_payloads import DeviceInfo
 
-Entity = tuple[str, str, dict[str, Any]]  # (component, object suffix, config)
+log = logging.getLogger(__name__)
 
-POWER = {
-    "payload_on": "turn_on",
-    "payload_off": "turn_off",
-    "state_on": "on",
-    "state_off": "off",
-    "value_template": "{{ value_json.power }}",
-}
+MIGRATE = json.dumps({"migrate_discovery": True}).encode()
+DEFAULT_NODE = "iot-gateway"  # the client id earlier versions keyed discovery on
+DEFAULT_BASE = "iot"
 
 
-def _command(action: str, **params: str) -> str:
-    """A command template: HA renders ``{{ value }}`` into it."""
-    body = ", ".join(f'"{name}": {value}' for name, value in params.items())
-    return f'{{"action": "{action}", "params": {{{body}}}}}'
+def default_node_id(base_topic: str) -> str:
+    """``iot-gateway`` for the default base topic, else ``iot-gateway_<base topic>``.
 
-
-def _switch(name: str) -> Entity:
-    return ("switch", "power", {"name": name, **POWER})
-
-
-def _light() -> Entity:
-    return (
-        "light",
-        "light",
-        {
-            "name": None,  # the device's own name
-            "payload_on": "turn_on",
-            "payload_off": "turn_off",
-            # A light's state must read as its payload_on/payload_off.
-            "state_value_template": "{{ 'turn_on' if value_json.power == 'on' else 'turn_off' }}",
-            "brightness_scale": 100,
-            "brightness_state_topic": "{state}",
-            "brightness_value_template": "{{ value_json.brightness }}",
-            "brightness_command_topic": "{command}",
-            "brightness_command_template": _command("set_brightness", level="{{ value }}"),
-        },
-    )
-
-
-def _speaker() -> list[Entity]:
-    return [
-        _switch("Power"),
-        (
-            "number",
-            "volume",
-            {
-                "name": "Volume",
-                "min": 0,
-                "max": 100,
-                "value_template": "{{ value_json.volume }}",
-                "command_template": _command("set_volume", level="{{ value | int }}"),
-            },
-        ),
-        (
-            "text",
-            "play",
-            {
-                "name": "Play",
-                "value_template": "{{ value_json.playing or '' }}",
-                "command_template": _command("play", song="{{ value | tojson }}"),
-            },
-        ),
-        ("button", "stop", {"name": "Stop", "payload_press": "stop"}),
-    ]
-
-
-def _sensor() -> list[Entity]:
-    return [
-        (
-            "sensor",
-            field,
-            {
-                "name": field.capitalize(),
-                "device_class": field,
-                "unit_of_measurement": unit,
-                "state_class": "measurement",
-                "value_template": f"{{{{ value_json.{field} }}}}",
-            },
-        )
-        for field, unit in (("temperature", "°C"), ("humidity", "%"))
-    ]
-
-
-COMMANDED = frozenset({"switch", "light", "number", "text", "button"})
-
-ENTITIES: dict[str, Callable[[], list[Entity]]] = {
-    "simulated.switch": lambda: [_switch("Power")],
-    "simulated.light": lambda: [_light()],
-    "simulated.speaker": _speaker,
-    "simulated.sensor": _sensor,
-}
+    Two gateways on one broker have different base topics, so they get
+    different node ids; one gateway keeps its own across client id changes.
+    """
+    if base_topic == DEFAULT_BASE:
+        return DEFAULT_NODE
+    return f"{DEFAULT_NODE}_{re.sub(r'[^A-Za-z0-9_-]', '_', base_topic)}"
 
 
 class Discovery:
-    """Builds the retained discovery configs for the gateway's devices."""
+    """Publishes, migrates and removes this gateway's discovery configs."""
 
     def __init__(
         self,
         settings: HomeAssistantSettings,
         topics: Topics,
-        node_id: str,
-        devices: Sequence[tuple[str, str]],
+        devices: Sequence[DeviceInfo],
+        *,
+        configuration_url: str | None = None,
     ) -> None:
-        """Describe ``devices``, ``(id, type)`` pairs, under ``node_id``.
-
-        ``node_id`` (the MQTT client id) keeps two gateways' entities apart.
-        """
+        """Describe ``devices`` to Home Assistant."""
         self.prefix = settings.prefix
-        self.topics = topics
-        self.node_id = "".join(c if c.isalnum() or c in "_-" else "_" for c in node_id)
-        self.devices = list(devices)
+        self.node_id = settings.node_id or default_node_id(topics.base)
+        self.payloads = Payloads(
+            self.node_id,
+            topics,
+            support_url=settings.support_url,
+            configuration_url=settings.configuration_url or configuration_url,
+        )
+        self.sync_topic = f"{topics.base}/{GATEWAY}/discovery_sync"
+        self._configs = self._build(devices)
+        self._unique_ids = {
+            component["unique_id"]
+            for payload in self._configs.values()
+            for component in json.loads(payload)["cmps"].values()
+        }
+        self._legacy: dict[str, bytes] = {}  # per-entity topics of ours holding something
+        self._held: set[str] = set()  # device topics of ours holding a config
+        self._probe = 0
+        self._synced = False  # the probe came back: the retained configs are all known
+
+    def _build(self, devices: Sequence[DeviceInfo]) -> dict[str, bytes]:
+        payloads = {self.config_topic(GATEWAY): self.payloads.gateway()}
+        for info in devices:
+            payloads[self.config_topic(info.id)] = self.payloads.device(info)
+        return {topic: json.dumps(body).encode() for topic, body in payloads.items()}
 
     @property
     def watched(self) -> list[str]:
-        """Topic filters to read: HA's status, and our own earlier configs."""
-        return [self.status_topic, self.config_filter]
-
-    def handle(self, message: Inbound, publish: Callable[[Outbound], None]) -> bool:
-        """Act on a watched message; False if it is not one of ours.
-
-        Home Assistant saying ``online`` (it restarted) gets every config again;
-        a retained config of a device no longer configured gets an empty one,
-        which removes the entity.
-        """
-        topic = message.topic
-        parts = topic.split("/")
-        ours = len(parts) == 5 and parts[0] == self.prefix and parts[2] == self.node_id  # noqa: PLR2004
-        if topic == self.status_topic:
-            if message.payload.strip() == b"online":
-                for announcement in self.announcements():
-                    publish(announcement)
-        elif ours and parts[4] == "config":
-            current = {m.topic for m in self.announcements()}
-            if message.retain and message.payload and topic not in current:
-                publish(Outbound(topic, b"", retain=True))
-        else:
-            return False
-        message.settle()
-        return True
+        """Topic filters to read: HA's status, configs old and new, and the probe."""
+        return [self.status_topic, self.legacy_filter, self.device_filter, self.sync_topic]
 
     @property
     def status_topic(self) -> str:
@@ -166,51 +105,104 @@ class Discovery:
         return f"{self.prefix}/status"
 
     @property
-    def config_filter(self) -> str:
-        """Every discovery config this gateway may have published before."""
+    def legacy_filter(self) -> str:
+        """The per-entity configs earlier versions published."""
         return f"{self.prefix}/+/{self.node_id}/+/config"
 
-    def config_topic(self, component: str, object_id: str) -> str:
-        """Where one entity's config goes."""
-        return f"{self.prefix}/{component}/{self.node_id}/{object_id}/config"
+    @property
+    def device_filter(self) -> str:
+        """Every device-based config (this gateway's are told apart by their content)."""
+        return f"{self.prefix}/device/+/config"
+
+    def config_topic(self, device: str) -> str:
+        """Where one device's config goes."""
+        return f"{self.prefix}/device/{self.payloads.object_id(device)}/config"
 
     def announcements(self) -> list[Outbound]:
-        """A retained config per entity of every device HA can show."""
-        messages = []
-        for device_id, device_type in self.devices:
-            for component, suffix, config in ENTITIES.get(device_type, list)():
-                object_id = f"{device_id}_{suffix}"
-                body = self._complete(device_id, device_type, object_id, config)
-                if component in COMMANDED:
-                    body.setdefault("command_topic", f"{self.topics.base}/{device_id}/command")
-                payload = json.dumps(body).encode()
-                topic = self.config_topic(component, object_id)
-                messages.append(Outbound(topic, payload, retain=True))
-        return messages
+        """On every connect: the probe; the configs go out once it comes back."""
+        self._probe += 1
+        self._synced = False
+        return [Outbound(self.sync_topic, str(self._probe).encode())]
 
-    def _complete(
-        self, device_id: str, device_type: str, object_id: str, config: dict[str, Any]
-    ) -> dict[str, Any]:
-        topics = self.topics
-        state, command = topics.state(device_id), f"{topics.base}/{device_id}/command"
-        body = {
-            key: value.format(state=state, command=command)
-            if value in {"{state}", "{command}"}
-            else value
-            for key, value in config.items()
-        }
-        if "payload_press" not in body:  # a button has no state
-            body.setdefault("state_topic", state)
-        body["unique_id"] = f"{self.node_id}_{object_id}"
-        body["availability"] = [
-            {"topic": topics.status},
-            {"topic": topics.availability(device_id)},
-        ]
-        body["availability_mode"] = "all"
-        body["device"] = {
-            "identifiers": [f"{self.node_id}_{device_id}"],
-            "name": device_id,
-            "manufacturer": "iot-gateway",
-            "model": device_type,
-        }
-        return body
+    def handle(self, message: Inbound, publish: Callable[[Outbound], None]) -> bool:
+        """Act on a watched message; False if it is none of ours."""
+        topic = message.topic
+        if topic == self.sync_topic:
+            if message.payload == str(self._probe).encode():
+                self._synced = True
+                self._reconcile(publish)
+        elif topic == self.status_topic:
+            if message.payload.strip() == b"online" and self._synced:
+                self._reconcile(publish)
+        elif self._is_legacy(topic):
+            self._note(self._legacy, topic, message.payload)
+        elif self._is_ours(topic, message.payload):
+            self._held.add(topic)
+        elif topic in self._held and not message.payload:
+            self._held.discard(topic)
+        else:
+            return False
+        message.settle()
+        return True
+
+    def _reconcile(self, publish: Callable[[Outbound], None]) -> None:
+        migrated, gone = [], []
+        for topic, payload in sorted(self._legacy.items()):
+            if payload == MIGRATE or _unique_id(payload) in self._unique_ids:
+                migrated.append(topic)
+            else:
+                gone.append(topic)
+        stale = sorted(self._held - set(self._configs))
+        if migrated or gone or stale:
+            log.info(
+                "Home Assistant discovery: migrating %d per-entity configs to device configs,"
+                " removing %d per-entity and %d device configs no longer published",
+                len(migrated),
+                len(gone),
+                len(stale),
+            )
+        for topic in migrated:
+            publish(Outbound(topic, MIGRATE, retain=True))
+        for topic, payload in self._configs.items():
+            publish(Outbound(topic, payload, retain=True))
+        for topic in [*migrated, *gone, *stale]:
+            publish(Outbound(topic, b"", retain=True))
+
+    def _is_legacy(self, topic: str) -> bool:
+        parts = topic.split("/")
+        return (
+            len(parts) == 5  # noqa: PLR2004 - prefix/component/node/object/config
+            and parts[0] == self.prefix
+            and parts[2] == self.node_id
+            and parts[4] == "config"
+        )
+
+    def _is_ours(self, topic: str, payload: bytes) -> bool:
+        """A device config of this gateway: its device is the gateway or hangs from it."""
+        parts = topic.split("/")  # prefix/device/object/config
+        if len(parts) != 4 or not parts[2].startswith(f"{self.node_id}_") or not payload:  # noqa: PLR2004
+            return False
+        device = _object(payload).get("device")
+        if not isinstance(device, dict):
+            return False
+        gateway = self.payloads.gateway_id
+        return device.get("via_device") == gateway or device.get("identifiers") == [gateway]
+
+    @staticmethod
+    def _note(held: dict[str, bytes], topic: str, payload: bytes) -> None:
+        if payload:
+            held[topic] = payload
+        else:
+            held.pop(topic, None)
+
+
+def _object(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _unique_id(payload: bytes) -> object:
+    return _object(payload).get("unique_id")

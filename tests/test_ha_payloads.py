@@ -1,0 +1,257 @@
+"""Home Assistant discovery payloads for every built-in device type and the guide's adapter.
+
+Each configured device must yield the entities the generic mapping promises,
+with every key Home Assistant requires of their platforms (``tests/home_assistant.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from gateway import AdapterRegistry
+from gateway.config import HomeAssistantSettings, HttpSettings, validate_devices
+from gateway.core.topics import Topics
+from gateway.surfaces.ha_payloads import Payloads, device_info, http_page
+from gateway.surfaces.homeassistant import Discovery, default_node_id
+from tests.home_assistant import problems, render_value
+from tests.test_third_party_adapter import acme_site  # noqa: F401 - a fixture used below
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SHELLY: dict[str, Any] = {
+    "id": "plug",
+    "type": "http",
+    "base_url": "http://192.0.2.10",
+    "state": {"path": "/rpc/Switch.GetStatus?id=0"},
+    "actions": {
+        "turn_on": {"path": "/rpc/Switch.Set", "body": {"id": 0, "on": True}},
+        "turn_off": {"path": "/rpc/Switch.Set", "body": {"id": 0, "on": False}},
+        "set_brightness": {
+            "path": "/rpc/Light.Set",
+            "body": {"id": 0, "brightness": "{level}"},
+            "params": {"level": {"type": "int", "min": 0, "max": 100}},
+        },
+    },
+    # What the plug's JSON cannot say: which field the on/off actions switch, and units.
+    "state_fields": {
+        "output": {"kind": "bool", "turn_on": "turn_on", "turn_off": "turn_off"},
+        "apower": {"kind": "number", "unit": "W", "device_class": "power"},
+    },
+    "name": "Kitchen plug",
+    "area": "Kitchen",
+    "manufacturer": "Shelly",
+    "model": "Plus Plug S",
+}
+PLC: dict[str, Any] = {
+    "id": "boiler",
+    "type": "modbus",
+    "host": "192.0.2.11",
+    "coils": {
+        "pump": {"address": 1, "writable": True},
+        "alarm": {"address": 2, "input": True},
+    },
+    "registers": {
+        "setpoint": {"address": 2, "writable": True, "scale": 0.5, "min": 5, "max": 30},
+        "offset": {"address": 4, "writable": True, "signed": True},
+        "temperature": {"address": 3, "input": True, "scale": 0.1},
+    },
+    "state_fields": {
+        "temperature": {"unit": "°C", "device_class": "temperature"},
+        "setpoint": {"unit": "°C"},
+        "alarm": {"device_class": "problem"},
+    },
+}
+PROJECTOR: dict[str, Any] = {
+    "id": "projector",
+    "type": "tcp",
+    "host": "192.0.2.12",
+    "port": 4352,
+    "state_regex": [r"^%1POWR=(?P<power>\d)$"],
+    "actions": {
+        "power_on": {"send": "%1POWR 1"},
+        "set_input": {"send": "%1INPT {input}", "params": {"input": {"type": "str", "max": 2}}},
+        "say": {"send": "%1SAY {text}", "params": {"text": "str"}},
+    },
+}
+SCRIPT: dict[str, Any] = {
+    "id": "blinds",
+    "type": "command",
+    "actions": {
+        "open": {"argv": ["/usr/bin/true"]},
+        "set_position": {
+            "argv": ["/usr/bin/true", "{position}"],
+            "params": {"position": {"type": "int", "min": 0, "max": 100}},
+        },
+    },
+}
+THERMOSTAT = {"id": "hall", "type": "acme.thermostat", "host": "192.0.2.20"}
+
+COMMON = {"command_error": "event", "last_error": "sensor"}
+EXPECTED: dict[str, dict[str, str]] = {
+    "simulated.switch": {"power": "switch", "toggle": "button"},
+    "simulated.light": {"light": "light", "toggle": "button"},
+    "simulated.speaker": {"power": "switch", "volume": "number", "play": "text", "stop": "button"},
+    "simulated.sensor": {"temperature": "sensor", "humidity": "sensor", "read": "button"},
+    "simulated.counter": {"count": "sensor", "increment": "button", "reset": "button"},
+    "http": {"light": "light", "apower": "sensor"},
+    "modbus": {
+        "pump": "switch",
+        "alarm": "binary_sensor",
+        "setpoint": "number",
+        "offset": "number",
+        "temperature": "sensor",
+    },
+    "tcp": {"power": "sensor", "power_on": "button", "input": "text", "say": "text"},
+    "command": {"open": "button", "position": "number"},
+    "acme.thermostat": {
+        "target": "number",
+        "mode": "select",
+        "temperature": "sensor",
+        "boost": "button",
+    },
+}
+ENTRIES = {
+    **{kind: {"id": kind.split(".")[1], "type": kind} for kind in EXPECTED if "simulated" in kind},
+    "http": SHELLY,
+    "modbus": PLC,
+    "tcp": PROJECTOR,
+    "command": SCRIPT,
+    "acme.thermostat": THERMOSTAT,
+}
+TOPICS = Topics("iot", None)
+
+
+def device_payload(entry: dict[str, Any]) -> dict[str, Any]:
+    registry = AdapterRegistry.from_entry_points()
+    devices, errors = validate_devices([entry], registry)
+    assert errors == []
+    config = devices[entry["id"]]
+    return Payloads("iot-gateway", TOPICS).device(device_info(config, registry))
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+@pytest.mark.usefixtures("acme_site")
+def test_every_device_type_gets_the_entities_the_mapping_promises(kind: str) -> None:
+    payload = device_payload(ENTRIES[kind])
+    assert problems(payload) == []
+    platforms = {key: component["platform"] for key, component in payload["cmps"].items()}
+    assert platforms == EXPECTED[kind] | COMMON
+    device = ENTRIES[kind]["id"]
+    for key, component in payload["cmps"].items():
+        assert component["unique_id"] == f"iot-gateway_{device}_{key}"
+    assert payload["device"]["via_device"] == "iot-gateway_gateway"
+    assert payload["availability"] == [
+        {"topic": "iot/gateway/status"},
+        {"topic": f"iot/{device}/availability"},
+    ]
+
+
+def test_names_area_manufacturer_and_model_come_from_the_config() -> None:
+    device = device_payload(SHELLY)["device"]
+    assert device == {
+        "identifiers": ["iot-gateway_plug"],
+        "name": "Kitchen plug",
+        "suggested_area": "Kitchen",
+        "manufacturer": "Shelly",
+        "model": "Plus Plug S",
+        "sw_version": device["sw_version"],  # the gateway's own: http is built in
+        "via_device": "iot-gateway_gateway",
+    }
+
+
+@pytest.mark.usefixtures("acme_site")
+def test_a_third_party_device_names_its_maker_and_package_version() -> None:
+    device = device_payload(THERMOSTAT)["device"]
+    assert (device["manufacturer"], device["model"]) == ("ACME", "Thermostat T1")
+    assert device["sw_version"] == "0.1.0"  # iot-gateway-acme's, from its dist-info
+    assert device["name"] == "hall"  # no name: the id
+
+
+def test_numbers_take_bounds_units_and_steps_from_params_and_config() -> None:
+    components = device_payload(PLC)["cmps"]
+    setpoint = components["setpoint"]
+    assert (setpoint["min"], setpoint["max"], setpoint["step"]) == (5, 30, 0.5)
+    assert setpoint["unit_of_measurement"] == "°C"
+    offset = components["offset"]
+    assert (offset["min"], offset["max"], offset["step"]) == (-32768, 32767, 1)
+    assert components["temperature"]["device_class"] == "temperature"
+    alarm = components["alarm"]
+    assert alarm["device_class"] == "problem"
+    assert render_value(alarm["value_template"], b'{"alarm": true}') == "on"
+    assert render_value(alarm["value_template"], b'{"alarm": false}') == "off"
+
+
+def test_the_event_entity_fires_only_on_failed_results() -> None:
+    components = device_payload(ENTRIES["simulated.speaker"])["cmps"]
+    event, last = components["command_error"], components["last_error"]
+    assert event["state_topic"] == "iot/speaker/result"
+    assert "precondition_failed" in event["event_types"]
+    failed = (
+        b'{"id": "c-1", "device": "speaker", "action": "play", "status": "error",'
+        b' "error": {"code": "precondition_failed", "message": "off"}, "state": null}'
+    )
+    fired = render_value(event["value_template"], failed)
+    assert fired == (
+        '{"action": "play", "event_type": "precondition_failed", "id": "c-1", "message": "off"}'
+    )
+    succeeded = b'{"id": "c-2", "action": "stop", "status": "ok", "error": null}'
+    assert render_value(event["value_template"], succeeded) == ""  # ignored by HA
+    assert render_value(last["value_template"], failed) == "precondition_failed: off"
+    assert render_value(last["value_template"], succeeded, this="earlier") == "earlier"
+    assert last["entity_category"] == "diagnostic"
+
+
+def test_the_gateway_device_has_diagnostic_entities_and_its_page() -> None:
+    http = HttpSettings(host="0.0.0.0", port=9100)  # noqa: S104 - a setting, nothing binds
+    payload = Payloads(
+        "iot-gateway",
+        TOPICS,
+        support_url="https://example.org/help",
+        configuration_url=http_page(http),
+    ).gateway()
+    assert problems(payload) == []
+    assert payload["device"]["configuration_url"].endswith(":9100/")
+    assert payload["origin"]["support_url"] == "https://example.org/help"
+    components = payload["cmps"]
+    assert set(components) == {
+        "connectivity",
+        "version",
+        "uptime",
+        "commands_per_min",
+        "errors_per_min",
+        "reconnects",
+    }
+    assert all(c["entity_category"] == "diagnostic" for c in components.values())
+    connectivity = components["connectivity"]
+    assert connectivity["state_topic"] == "iot/gateway/status"
+    assert (connectivity["payload_on"], connectivity["payload_off"]) == ("online", "offline")
+    assert "availability" not in connectivity  # it shows offline, not unavailable
+    figures = b'{"version": "1.2", "uptime_s": 5, "commands_per_min": 3, "errors_per_min": 1,'
+    figures += b' "reconnects": 2}'
+    assert render_value(components["commands_per_min"]["value_template"], figures) == "3"
+    assert render_value(components["reconnects"]["value_template"], figures) == "2"
+
+
+def test_loopback_and_ipv6_pages() -> None:
+    assert http_page(HttpSettings()) == "http://127.0.0.1:9100/"
+    assert http_page(HttpSettings(host="::1", port=80)) == "http://[::1]:80/"
+    assert http_page(None) is None
+
+
+def test_the_node_id_comes_from_the_base_topic_not_the_client_id() -> None:
+    assert default_node_id("iot") == "iot-gateway"  # as earlier versions' default client id
+    assert default_node_id("home/gw 2") == "iot-gateway_home_gw_2"
+    settings = HomeAssistantSettings(discovery=True)
+    discovery = Discovery(settings, TOPICS, [])
+    assert discovery.config_topic("hub") == "homeassistant/device/iot-gateway_hub/config"
+    custom = Discovery(HomeAssistantSettings(node_id="attic"), TOPICS, [])
+    assert custom.config_topic("hub") == "homeassistant/device/attic_hub/config"
+
+
+def test_config_refuses_a_node_id_home_assistant_would_not_take(tmp_path: Path) -> None:
+    del tmp_path
+    with pytest.raises(ValueError, match="node_id"):
+        HomeAssistantSettings(node_id="a/b")
