@@ -6,20 +6,19 @@ with every key Home Assistant requires of their platforms (``tests/home_assistan
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway import AdapterRegistry
+from gateway import AdapterRegistry, load_config
 from gateway.config import HomeAssistantSettings, HttpSettings, validate_devices
 from gateway.core.topics import Topics
 from gateway.surfaces.ha_payloads import Payloads, device_info, http_page
 from gateway.surfaces.homeassistant import Discovery, default_node_id
 from tests.home_assistant import problems, render_value
 from tests.test_third_party_adapter import acme_site  # noqa: F401 - a fixture used below
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 SHELLY: dict[str, Any] = {
     "id": "plug",
@@ -255,3 +254,26 @@ def test_config_refuses_a_node_id_home_assistant_would_not_take(tmp_path: Path) 
     del tmp_path
     with pytest.raises(ValueError, match="node_id"):
         HomeAssistantSettings(node_id="a/b")
+
+
+def test_the_readme_example_gets_the_entities_the_readme_lists(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Home Assistant\n") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = section[start : section.index("\n```", start)]
+    path = tmp_path / "ha.yaml"
+    path.write_text(example, encoding="utf-8")
+    config = load_config(path, AdapterRegistry.from_entry_points())
+    registry = AdapterRegistry.from_entry_points()
+    payloads = Payloads("iot-gateway", TOPICS)
+    table = section[section.index("| device | entities |") : section.index("Discovery is")]
+    for device in config.devices:
+        payload = payloads.device(device_info(device, registry))
+        assert problems(payload) == []
+        row = next(
+            line
+            for line in table.splitlines()
+            if line.startswith(f"| {device.name or device.id} ")
+        )
+        listed = set(re.findall(r"`([a-z_]+\.[a-z0-9_]+)`", row))
+        assert listed == {c["default_entity_id"] for c in payload["cmps"].values()}

@@ -9,15 +9,18 @@ renders, through the entity's own template, as Home Assistant would show it.
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import DEMO_DEVICES, started
-from tests.fakes import FakePlc, FakePlug
+from tests.fakes import FakePlc, FakePlug, FakeProjector
 from tests.home_assistant import VALUE_TEMPLATE, problems, render_command, render_value
 from tests.probe import Probe
 from tests.test_adapter_modbus import INPUT, plc_entry
+from tests.test_adapter_tcp import ACTIONS as TCP_ACTIONS
+from tests.test_adapter_tcp import projector_entry
 from tests.test_ha_payloads import SHELLY, THERMOSTAT
 from tests.test_third_party_adapter import acme_site  # noqa: F401 - a fixture used below
 
@@ -28,6 +31,30 @@ if TYPE_CHECKING:
     from tests.broker import Broker
 
 HA = {"discovery": True, "prefix": "homeassistant"}
+PROJECTOR_POWER = {
+    "power": {
+        "kind": "bool",
+        "on_value": "ON",
+        "off_value": "OFF",
+        "turn_on": "turn_on",
+        "turn_off": "turn_off",
+    }
+}
+PROJECTOR_KNOWS = {"turn_on", "turn_off", "set_volume"}
+# A program that reports the level it was given: set_level makes `level` a number.
+LEVEL = "import json, sys; print(json.dumps({'level': int(sys.argv[1])}))"
+SCRIPT = {
+    "id": "script",
+    "type": "command",
+    "actions": {
+        "set_level": {
+            "argv": [sys.executable, "-c", LEVEL, "{level}"],
+            "params": {"level": {"type": "int", "min": 0, "max": 10}},
+            "state_from_stdout": True,
+        },
+        "say": {"argv": ["/bin/echo", "{text}"], "params": {"text": "str"}},
+    },
+}
 NODE = "iot-gateway"
 ORDER = ["switch", "light", "number", "select", "text", "button"]  # power first, presses last
 
@@ -111,6 +138,11 @@ class HomeAssistant:
         await self.reads(entity["brightness_state_topic"], template, str(level))
 
     async def _set(self, entity: dict[str, Any]) -> None:
+        if "state_topic" not in entity:  # a command without a state: it must run
+            command = render_command(entity["command_template"], "hello")
+            result = await self.sends(entity["command_topic"], command)
+            assert result["status"] == "ok", result
+            return
         current = self.shows(entity["state_topic"], entity["value_template"])
         value: Any
         if entity["platform"] == "number":
@@ -141,13 +173,20 @@ def _differs(value: float, shown: str) -> bool:
 async def test_home_assistant_drives_every_entity_of_every_kind_of_device(
     make_config: Callable[..., Config], broker: Broker
 ) -> None:
-    async with FakePlug() as plug, FakePlc() as plc:
+    async with FakePlug() as plug, FakePlc() as plc, FakeProjector() as projector:
         await plc.write(INPUT, 3, 215)
         devices = [
             *DEMO_DEVICES,
             {"id": "counter", "type": "simulated.counter"},
             {**SHELLY, "base_url": plug.url},
             plc_entry(plc.port),
+            projector_entry(
+                projector.port,
+                # The projector answers what it knows; SAY and XYZ it refuses.
+                actions={k: v for k, v in TCP_ACTIONS.items() if k in PROJECTOR_KNOWS},
+                state_fields=PROJECTOR_POWER,
+            ),
+            SCRIPT,
             THERMOSTAT,
         ]
         async with (
@@ -164,6 +203,9 @@ async def test_home_assistant_drives_every_entity_of_every_kind_of_device(
             assert used["light"][:2] == ["light:light", "toggle:button"]
             assert "pump:switch" in used["plc"]
             assert "mode:select" in used["hall"]
+            assert used["projector"][:2] == ["power:switch", "volume:number"]
+            assert used["script"][:2] == ["level:number", "say:text"]
+            assert projector.power == "ON"
             assert await plc.read(1, 1)  # the pump's coil: switched off, then on
 
 

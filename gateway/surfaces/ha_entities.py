@@ -261,6 +261,8 @@ def _sensor(field: StateField) -> Component:
         entity["unit_of_measurement"] = field.unit
     if field.state_class is not None:
         entity["state_class"] = field.state_class
+    elif field.kind == "number":
+        entity["state_class"] = "measurement"  # a reading: kept in long-term statistics
     if field.kind == "enum" and field.options:
         entity |= {"device_class": "enum", "options": list(field.options)}
     return entity

@@ -42,7 +42,7 @@ class DeviceInfo:
     device_type: str
     name: str
     area: str | None
-    manufacturer: str
+    manufacturer: str | None
     model: str
     sw_version: str | None
     fields: Mapping[str, StateField]
@@ -57,7 +57,7 @@ def device_info(config: DeviceConfig, registry: AdapterRegistry) -> DeviceInfo:
         device_type=config.type,
         name=config.name or config.id,
         area=config.area,
-        manufacturer=config.manufacturer or adapter.manufacturer or "unknown",
+        manufacturer=config.manufacturer or adapter.manufacturer,
         model=config.model or adapter.model or config.type,
         sw_version=registry.version(config.type),
         fields=device_fields(adapter, config),
@@ -117,10 +117,11 @@ class Payloads:
         registry: dict[str, Any] = {
             "identifiers": [self.object_id(info.id)],
             "name": info.name,
-            "manufacturer": info.manufacturer,
             "model": info.model,
             "via_device": self.gateway_id,
         }
+        if info.manufacturer is not None:
+            registry["manufacturer"] = info.manufacturer
         if info.sw_version is not None:
             registry["sw_version"] = info.sw_version
         if info.area is not None:
@@ -141,7 +142,7 @@ class Payloads:
         """The discovery payload of the gateway itself, with its diagnostic entities."""
         registry: dict[str, Any] = {
             "identifiers": [self.gateway_id],
-            "name": f"iot-gateway {self.node_id}",
+            "name": self.node_id,
             "manufacturer": ORIGIN,
             "model": "MQTT gateway",
             "sw_version": self.version,
