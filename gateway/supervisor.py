@@ -17,8 +17,7 @@ from gateway.core.messages import Inbound, Outbound
 from gateway.core.runtime import Core
 from gateway.core.topics import Topics
 from gateway.surfaces.activity import Activity
-from gateway.surfaces.ha_payloads import device_info, http_page
-from gateway.surfaces.homeassistant import Discovery
+from gateway.surfaces.homeassistant import Discovery, device_info, http_page
 from gateway.surfaces.http import HttpServer
 from gateway.surfaces.metrics import Metrics
 from gateway.surfaces.systemd import Notifier
@@ -78,7 +77,7 @@ class Gateway:
         self.stopped = asyncio.Event()
         self._signals = 0
         self._was_connected = False
-        self._activity_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []  # background loops, cancelled at the end
 
     def _home_assistant(
         self, config: Config, registry: AdapterRegistry
@@ -231,10 +230,12 @@ class Gateway:
             await self.http.started.wait()
         if self.activity is not None:
             interval = self.config.settings.homeassistant.activity_interval
-            self._activity_task = tasks.create_task(
-                self.activity.run(self._publish_if_connected, interval), name="activity"
-            )
-            background.append(self._activity_task)
+            activity = self.activity.run(self._publish_if_connected, interval)
+            self._loops.append(tasks.create_task(activity, name="activity"))
+        if self.discovery is not None:
+            probe = self.discovery.run(self.outbox.put)
+            self._loops.append(tasks.create_task(probe, name="discovery"))
+        background += self._loops
         if self.systemd.enabled:
             background.append(tasks.create_task(self.systemd.run(), name="systemd"))
             background.append(tasks.create_task(self._notify_ready(), name="readiness"))
@@ -253,8 +254,8 @@ class Gateway:
         """Last of all, so /healthz answers and the watchdog pings through the drain."""
         if self.http is not None:
             self.http.stop()
-        if self._activity_task is not None:
-            self._activity_task.cancel()  # a loop with nothing to finish
+        for loop in self._loops:
+            loop.cancel()  # loops with nothing to finish
         self.systemd.close()
         if background:
             _, late = await asyncio.wait(background, timeout=BACKGROUND_STOP_TIMEOUT)

@@ -6,19 +6,28 @@ with every key Home Assistant requires of their platforms (``tests/home_assistan
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gateway import AdapterRegistry, load_config
 from gateway.config import HomeAssistantSettings, HttpSettings, validate_devices
 from gateway.core.topics import Topics
-from gateway.surfaces.ha_payloads import Payloads, device_info, http_page
-from gateway.surfaces.homeassistant import Discovery, default_node_id
+from gateway.surfaces.homeassistant import (
+    Discovery,
+    Payloads,
+    default_node_id,
+    device_info,
+    http_page,
+)
 from tests.home_assistant import problems, render_value
 from tests.test_third_party_adapter import acme_site  # noqa: F401 - a fixture used below
+
+if TYPE_CHECKING:
+    from gateway.core.messages import Outbound
 
 SHELLY: dict[str, Any] = {
     "id": "plug",
@@ -277,3 +286,24 @@ def test_the_readme_example_gets_the_entities_the_readme_lists(tmp_path: Path) -
         )
         listed = set(re.findall(r"`([a-z_]+\.[a-z0-9_]+)`", row))
         assert listed == {c["default_entity_id"] for c in payload["cmps"].values()}
+
+
+async def test_without_the_probe_coming_back_the_configs_still_go_out() -> None:
+    settings = HomeAssistantSettings(discovery=True)
+    discovery = Discovery(settings, TOPICS, [], probe_timeout=0.01)
+    published: list[Outbound] = []
+    arrived = asyncio.Event()
+
+    def publish(message: Outbound) -> None:
+        published.append(message)
+        arrived.set()
+
+    async with asyncio.TaskGroup() as tasks:
+        loop = tasks.create_task(discovery.run(publish))
+        [probe] = discovery.announcements()  # sent, never read back
+        async with asyncio.timeout(5):
+            await arrived.wait()
+        loop.cancel()
+    assert probe.topic == "iot/gateway/discovery_sync"
+    assert [m.topic for m in published] == ["homeassistant/device/iot-gateway_gateway/config"]
+    assert published[0].retain

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from devices.capabilities import device_fields
 from gateway.core.errors import ErrorCode
-from gateway.surfaces.ha_entities import DIAGNOSTIC, Component, Topics, device_entities
+from gateway.surfaces.homeassistant.entities import DIAGNOSTIC, Component, Topics, device_entities
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -23,24 +23,28 @@ Assistant says ``online`` on ``{prefix}/status``:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.messages import Inbound, Outbound
-from gateway.surfaces.ha_payloads import GATEWAY, Payloads
+from gateway.surfaces.homeassistant.payloads import GATEWAY, Payloads
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from gateway.config import HomeAssistantSettings
     from gateway.core.topics import Topics
-    from gateway.surfaces.ha_payloads import DeviceInfo
+    from gateway.surfaces.homeassistant.payloads import DeviceInfo
 
 log = logging.getLogger(__name__)
 
 MIGRATE = json.dumps({"migrate_discovery": True}).encode()
+# How long the probe may take to come back before the configs go out without it
+# (an ACL that lets the gateway publish it but not read it, say).
+PROBE_TIMEOUT = 5.0
 DEFAULT_NODE = "iot-gateway"  # the client id earlier versions keyed discovery on
 DEFAULT_BASE = "iot"
 
@@ -66,6 +70,7 @@ class Discovery:
         devices: Sequence[DeviceInfo],
         *,
         configuration_url: str | None = None,
+        probe_timeout: float = PROBE_TIMEOUT,
     ) -> None:
         """Describe ``devices`` to Home Assistant."""
         self.prefix = settings.prefix
@@ -87,6 +92,8 @@ class Discovery:
         self._held: set[str] = set()  # device topics of ours holding a config
         self._probe = 0
         self._synced = False  # the probe came back: the retained configs are all known
+        self._probe_sent = asyncio.Event()
+        self._probe_timeout = probe_timeout
 
     def _build(self, devices: Sequence[DeviceInfo]) -> dict[str, bytes]:
         payloads = {self.config_topic(GATEWAY): self.payloads.gateway()}
@@ -122,7 +129,25 @@ class Discovery:
         """On every connect: the probe; the configs go out once it comes back."""
         self._probe += 1
         self._synced = False
+        self._probe_sent.set()
         return [Outbound(self.sync_topic, str(self._probe).encode())]
+
+    async def run(self, publish: Callable[[Outbound], None]) -> None:
+        """Publish the configs anyway when a probe does not come back in time."""
+        while True:
+            await self._probe_sent.wait()
+            self._probe_sent.clear()
+            probe = self._probe
+            await asyncio.sleep(self._probe_timeout)
+            if probe == self._probe and not self._synced:
+                log.warning(
+                    "Home Assistant discovery: %s did not come back in %.0f s (may the gateway"
+                    " read it?); publishing the configs without removing or migrating old ones",
+                    self.sync_topic,
+                    self._probe_timeout,
+                )
+                self._synced = True
+                self._reconcile(publish)
 
     def handle(self, message: Inbound, publish: Callable[[Outbound], None]) -> bool:
         """Act on a watched message; False if it is none of ours."""
