@@ -311,13 +311,15 @@ class User:
                 properties.CorrelationData = correlation_data
         await self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
 
-    async def wait_for(self, match: Callable[[Seen], bool], timeout: float = 10) -> Seen:
-        """The first recorded message that matches, waiting for it if need be."""
+    async def wait_for(
+        self, match: Callable[[Seen], bool], timeout: float = 10, *, count: int = 1
+    ) -> Seen:
+        """The ``count``-th recorded message that matches, waiting for it if need be."""
         async with asyncio.timeout(timeout):
             while True:
                 found = [m for m in self.messages if match(m)]
-                if found:
-                    return found[0]
+                if len(found) >= count:
+                    return found[count - 1]
                 self._arrived.clear()
                 await self._arrived.wait()
 
@@ -695,3 +697,33 @@ async def test_a_response_topic_cannot_make_the_gateway_write_a_state_topic(
             await client.wait_for(lambda m: m.topic == "replies/client/x")
             states = [json.loads(m.payload) for m in client.on("iot/light/state")]
             assert all(set(state) == {"power", "brightness"} for state in states), states
+
+
+async def test_home_assistant_discovery_works_under_the_acl(
+    secure_broker: SecureBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A per-entity config an earlier version left, under the gateway's login.
+    legacy = "homeassistant/light/iot-gateway/light_light/config"
+    earlier_config = json.dumps({"unique_id": "iot-gateway_light_light"})
+    async with login(secure_broker, "gateway") as earlier:
+        await earlier.publish(legacy, earlier_config, retain=True)
+    data = gateway_data(secure_broker, homeassistant={"discovery": True})
+    data["mqtt"]["password"] = secure_broker.passwords["gateway"]
+    path = write_yaml(tmp_path / "ha.yaml", data)
+    config = load_config(path, AdapterRegistry.from_entry_points())
+    light = "homeassistant/device/iot-gateway_light/config"
+
+    def light_config(message: Seen) -> bool:
+        return message.topic == light and bool(message.payload)
+
+    async with login(secure_broker, "client") as home_assistant:  # as the ACL says HA logs in
+        await home_assistant.subscribe("homeassistant/#")
+        async with running_gateway(config, AdapterRegistry.from_entry_points()):
+            # Sooner than the probe's timeout: the gateway read its own probe back.
+            await home_assistant.wait_for(light_config, 4)
+            await home_assistant.wait_for(lambda m: m.topic == legacy and m.payload == b"")
+            migrate = b'{"migrate_discovery": true}'
+            assert any(m.topic == legacy and m.payload == migrate for m in home_assistant.messages)
+            await home_assistant.publish("homeassistant/status", "online")  # HA's birth
+            await home_assistant.wait_for(light_config, count=2)
+    assert "did not come back" not in caplog.text
