@@ -195,6 +195,42 @@ def device_fields(adapter: type[Adapter], config: DeviceConfig) -> dict[str, Sta
     )
 
 
+# What each platform override needs of its field: its kind, and whether an action sets it.
+_NEEDS: Mapping[str, tuple[set[str], bool]] = {
+    "switch": ({"bool"}, True),
+    "light": ({"bool"}, True),
+    "binary_sensor": ({"bool"}, False),
+    "number": ({"number"}, True),
+    "select": ({"enum"}, True),
+    "text": ({"string"}, True),
+}
+RESERVED_KEYS = frozenset({"command_error", "last_error"})
+"""Entity keys every device's own entities take (its failed-command event and last error)."""
+
+
+def platform_problem(field: StateField) -> str | None:
+    """Why the field's ``platform`` cannot show it, or None when it can (or it has none)."""
+    needs = _NEEDS.get(field.platform or "")
+    if needs is None:
+        return None
+    kinds, settable = needs
+    if field.kind not in kinds:
+        return (
+            f"a {field.platform} shows {_article(kinds)} field, not {_article({field.kind or ''})}"
+        )
+    if settable and not (field.set_by if field.kind != "bool" else field.settable):
+        return f"a {field.platform} needs an action that sets the field"
+    if field.platform == "select" and not field.options:
+        return "a select needs options"
+    return None
+
+
+def _article(kinds: set[str]) -> str:
+    """``a bool``, ``an enum``."""
+    words = " or ".join(sorted(kinds))
+    return f"{'an' if words[:1] in set('aeiou') else 'a'} {words}"
+
+
 def unknown_actions(
     fields: Mapping[str, StateField], actions: Mapping[str, type[Params]]
 ) -> list[str]:
@@ -213,4 +249,15 @@ def unknown_actions(
                 if field.param
                 else f"{key}.set_by: {field.set_by!r} takes more than one parameter; name `param`"
             )
+    return problems
+
+
+def field_problems(fields: Mapping[str, StateField]) -> list[str]:
+    """Problems, as ``<field>.<key>: ...``, with the completed fields' platforms and keys."""
+    problems = []
+    for key, field in fields.items():
+        if (problem := platform_problem(field)) is not None:
+            problems.append(f"{key}.platform: {problem}")
+        if (field.entity_key or key) in RESERVED_KEYS:
+            problems.append(f"{key}.entity_key: {field.entity_key or key!r} is taken")
     return problems

@@ -172,3 +172,22 @@ def test_described_fields_are_json_without_unset_keys() -> None:
 def test_a_bad_state_field_in_the_config_is_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         SimulatedConfig(id="x", type="simulated.switch", state_fields={"power": bad})
+
+
+def test_a_platform_that_cannot_show_its_field_is_a_config_error() -> None:
+    entry = {
+        "id": "sensor",
+        "type": "simulated.sensor",
+        "state_fields": {
+            "temperature": {"platform": "switch"},
+            "humidity": {"platform": "select"},
+            "mood": {"kind": "enum", "platform": "select", "entity_key": "last_error"},
+        },
+    }
+    _, problems = validate_devices([entry], AdapterRegistry.from_entry_points())
+    assert problems == [
+        "devices[0].state_fields.temperature.platform: a switch shows a bool field, not a number",
+        "devices[0].state_fields.humidity.platform: a select shows an enum field, not a number",
+        "devices[0].state_fields.mood.platform: a select needs an action that sets the field",
+        "devices[0].state_fields.mood.entity_key: 'last_error' is taken",
+    ]

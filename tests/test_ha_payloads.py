@@ -307,3 +307,23 @@ async def test_without_the_probe_coming_back_the_configs_still_go_out() -> None:
     assert probe.topic == "iot/gateway/discovery_sync"
     assert [m.topic for m in published] == ["homeassistant/device/iot-gateway_gateway/config"]
     assert published[0].retain
+
+
+def test_a_field_may_choose_its_platform_or_none() -> None:
+    entry = {
+        "id": "speaker",
+        "type": "simulated.speaker",
+        "state_fields": {
+            "volume": {"platform": "sensor", "unit": "%"},  # shown, not set, from HA
+            "playing": {"platform": "none"},
+            "power": {"platform": "light"},  # a light without brightness
+        },
+    }
+    components = device_payload(entry)["cmps"]
+    assert "play" not in components
+    assert components["volume"]["platform"] == "sensor"
+    assert "command_topic" not in components["volume"]
+    light = components["light"]
+    assert (light["platform"], light["payload_on"]) == ("light", "turn_on")
+    assert "brightness_command_topic" not in light
+    assert problems(device_payload(entry)) == []

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from devices.capabilities import unknown_actions
+from devices.capabilities import device_fields, field_problems, unknown_actions
 from gateway.core.errors import format_path
 from gateway.core.graph import depths, find_cycles
 from gateway.core.registry import UnknownAdapterError
@@ -70,6 +70,7 @@ def validate_devices(
             problems += [
                 f"{where}.state_fields.{problem}"
                 for problem in unknown_actions(config.state_fields, adapter.actions_for(config))
+                or field_problems(device_fields(adapter, config))
             ]
         except UnknownAdapterError as exc:
             problems.append(f"{where}.type: {exc}")

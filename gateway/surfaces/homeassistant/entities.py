@@ -26,7 +26,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from devices.capabilities import StateField, capabilities, param_schema, used_actions
+from devices.capabilities import (
+    StateField,
+    capabilities,
+    param_schema,
+    platform_problem,
+    used_actions,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -62,10 +68,11 @@ def device_entities(
     for key, field in fields.items():
         if key == BRIGHTNESS and light is not None:
             continue  # part of the light
-        platform = field.platform or ("light" if key == light else _platform(field))
+        platform = _chosen(field) or ("light" if key == light else _platform(field))
         if platform == "none":
             continue
-        entity = _entity(platform, key, field, fields, topics)
+        brightness = fields[BRIGHTNESS] if key == light else None
+        entity = _entity(platform, key, field, brightness, topics)
         components[field.entity_key or ("light" if platform == "light" else key)] = entity
     used = used_actions(fields.values())
     for action, model in actions.items():
@@ -92,6 +99,11 @@ def _light_field(fields: Mapping[str, StateField]) -> str | None:
     )
 
 
+def _chosen(field: StateField) -> str | None:
+    """The field's own platform, unless it cannot show the field (check-config says why)."""
+    return field.platform if platform_problem(field) is None else None
+
+
 def _platform(field: StateField) -> str:
     settable = {"bool": "switch", "number": "number", "enum": "select", "string": "text"}
     read_only = {"bool": "binary_sensor"}
@@ -103,7 +115,7 @@ def _entity(  # noqa: PLR0911 - one branch per platform
     platform: str,
     key: str,
     field: StateField,
-    fields: Mapping[str, StateField],
+    brightness: StateField | None,
     topics: Topics,
 ) -> Component:
     common = _common(platform, key, field)
@@ -111,7 +123,7 @@ def _entity(  # noqa: PLR0911 - one branch per platform
     if platform == "switch":
         return common | _switch(key, field, topics)
     if platform == "light":
-        return common | _light(key, field, fields[BRIGHTNESS], topics) | {"name": None}
+        return common | _light(key, field, brightness, topics) | {"name": None}
     if platform == "binary_sensor":
         return common | _binary_sensor(key, field, topics)
     reads = {"state_topic": topics.state, "value_template": value}
@@ -183,11 +195,11 @@ def _switch(key: str, field: StateField, topics: Topics) -> Component:
     }
 
 
-def _light(key: str, field: StateField, brightness: StateField, topics: Topics) -> Component:
+def _light(
+    key: str, field: StateField, brightness: StateField | None, topics: Topics
+) -> Component:
     on, off = _payloads(field)
-    assert brightness.set_by is not None  # noqa: S101 - _light_field checked it
-    level = "{{ value | int }}" if brightness.step == 1 else "{{ value }}"
-    return {
+    light = {
         "command_topic": topics.command,
         "state_topic": topics.state,
         "payload_on": on,
@@ -197,6 +209,11 @@ def _light(key: str, field: StateField, brightness: StateField, topics: Topics) 
             f"{{{{ {json.dumps(on)} if {_read(key)} == {json.dumps(field.on_value)}"
             f" else {json.dumps(off)} }}}}"
         ),
+    }
+    if brightness is None or brightness.set_by is None:
+        return light
+    level = "{{ value | int }}" if brightness.step == 1 else "{{ value }}"
+    return light | {
         "brightness_scale": int(brightness.max or 255),
         "brightness_state_topic": topics.state,
         "brightness_value_template": f"{{{{ {_read(BRIGHTNESS)} }}}}",
