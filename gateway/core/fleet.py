@@ -68,6 +68,8 @@ class Fleet:
         if not self._connecting:
             self.all_started.set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._description: list[dict[str, Any]] | None = None
+        self._description_json: bytes | None = None
 
     def __iter__(self) -> Iterator[DeviceRunner]:
         """Runners, dependencies first."""
@@ -78,7 +80,16 @@ class Fleet:
         return self.runners.get(device_id)
 
     def describe(self) -> list[dict[str, Any]]:
-        """The ``gateway/devices`` list: id, type, dependencies, action schemas, state fields."""
+        """The ``gateway/devices`` list: id, type, dependencies, action schemas, state fields.
+
+        Made once (every part of it comes from the configuration) and shared: do
+        not change it.
+        """
+        if self._description is None:
+            self._description = self._describe()
+        return self._description
+
+    def _describe(self) -> list[dict[str, Any]]:
         return [
             {
                 "id": r.id,
@@ -96,8 +107,10 @@ class Fleet:
         ]
 
     def describe_json(self) -> bytes:
-        """``describe`` as a payload."""
-        return json.dumps(self.describe(), separators=(",", ":")).encode()
+        """``describe`` as a payload (made once, like ``describe``)."""
+        if self._description_json is None:
+            self._description_json = json.dumps(self.describe(), separators=(",", ":")).encode()
+        return self._description_json
 
     @property
     def started(self) -> bool:
