@@ -158,6 +158,11 @@ def param_schema(
     return None if schema is None else (param, schema)
 
 
+def param_names(model: type[Params]) -> list[str]:
+    """The names of ``model``'s parameters."""
+    return list(_schema(model).get("properties", {}))
+
+
 @functools.cache
 def _schema(model: type[Params]) -> dict[str, Any]:
     """A parameter model's JSON Schema; many devices share a few models, and it is slow."""

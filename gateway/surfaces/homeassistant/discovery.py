@@ -82,12 +82,8 @@ class Discovery:
             configuration_url=settings.configuration_url or configuration_url,
         )
         self.sync_topic = f"{topics.base}/{GATEWAY}/discovery_sync"
+        self._unique_ids: set[str] = set()  # of every entity published, to migrate by
         self._configs = self._build(devices)
-        self._unique_ids = {
-            component["unique_id"]
-            for payload in self._configs.values()
-            for component in json.loads(payload)["cmps"].values()
-        }
         self._legacy: dict[str, bytes] = {}  # per-entity topics of ours holding something
         self._held: set[str] = set()  # device topics of ours holding a config
         self._probe = 0
@@ -99,6 +95,8 @@ class Discovery:
         payloads = {self.config_topic(GATEWAY): self.payloads.gateway()}
         for info in devices:
             payloads[self.config_topic(info.id)] = self.payloads.device(info)
+        for body in payloads.values():
+            self._unique_ids.update(entity["unique_id"] for entity in body["cmps"].values())
         return {topic: json.dumps(body).encode() for topic, body in payloads.items()}
 
     @property

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from devices.capabilities import (
     StateField,
     capabilities,
+    param_names,
     param_schema,
     platform_problem,
     used_actions,
@@ -287,7 +288,7 @@ def _sensor(field: StateField) -> Component:
 
 def _action_entity(action: str, model: type[Params], topics: Topics) -> Component | None:
     """A button for an action without parameters, or a command-only control of its one."""
-    if not model.model_json_schema().get("properties"):
+    if not param_names(model):
         return {
             "platform": "button",
             "name": _title(action),

@@ -32,6 +32,8 @@ GATEWAY = "gateway"
 ORIGIN = "iot-gateway"
 DISTRIBUTION = "iot-gateway"
 PER_MINUTE = "1/min"
+# What a device's command may fail with (step_failed is the gateway's own).
+DEVICE_ERRORS = tuple(code.value for code in ErrorCode if code is not ErrorCode.STEP_FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +114,7 @@ class Payloads:
             command=f"{topics.base}/{info.id}/command",
             result=topics.result(info.id),
         )
-        codes = [code.value for code in ErrorCode if code is not ErrorCode.STEP_FAILED]
-        components = device_entities(info.fields, info.actions, entity_topics, codes)
+        components = device_entities(info.fields, info.actions, entity_topics, DEVICE_ERRORS)
         registry: dict[str, Any] = {
             "identifiers": [self.object_id(info.id)],
             "name": info.name,
