@@ -11,7 +11,7 @@ import asyncio
 import collections
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from gateway.core.events import CommandAccepted, ConnectionChanged, ResultPublished
 from gateway.core.messages import Outbound
@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from gateway.core.events import Event
 
 WINDOW = 60  # seconds counted in the per-minute figures
+
+
+class Figures(TypedDict):
+    """The activity payload."""
+
+    version: str
+    uptime_s: int
+    commands_per_min: int
+    errors_per_min: int
+    reconnects: int
 
 
 class Activity:
@@ -54,7 +64,7 @@ class Activity:
             self._seconds.append([now, 0, 0])
         return self._seconds[-1]
 
-    def figures(self) -> dict[str, object]:
+    def figures(self) -> Figures:
         """The activity payload's content."""
         since = int(self._clock()) - WINDOW
         recent = [bucket for bucket in self._seconds if bucket[0] > since]
