@@ -323,7 +323,19 @@ def test_a_field_may_choose_its_platform_or_none() -> None:
     assert "play" not in components
     assert components["volume"]["platform"] == "sensor"
     assert "command_topic" not in components["volume"]
-    light = components["light"]
+    light = components["power"]
     assert (light["platform"], light["payload_on"]) == ("light", "turn_on")
     assert "brightness_command_topic" not in light
     assert problems(device_payload(entry)) == []
+
+
+def test_a_brightness_with_a_platform_of_its_own_is_not_part_of_a_light() -> None:
+    entry = {
+        "id": "light",
+        "type": "simulated.light",
+        "state_fields": {"brightness": {"platform": "number"}},
+    }
+    components = device_payload(entry)["cmps"]
+    assert components["power"]["platform"] == "switch"
+    assert components["brightness"]["platform"] == "number"
+    assert "light" not in components

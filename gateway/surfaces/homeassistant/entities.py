@@ -74,7 +74,7 @@ def device_entities(
             continue
         brightness = fields[BRIGHTNESS] if key == light else None
         entity = _entity(platform, key, field, brightness, topics)
-        components[field.entity_key or ("light" if platform == "light" else key)] = entity
+        components[field.entity_key or ("light" if key == light else key)] = entity
     used = used_actions(fields.values())
     for action, model in actions.items():
         control = None if action in used else _action_entity(action, model, topics)
@@ -90,6 +90,8 @@ def _light_field(fields: Mapping[str, StateField]) -> str | None:
     brightness = fields.get(BRIGHTNESS)
     if brightness is None or brightness.kind != "number" or not brightness.settable:
         return None
+    if brightness.platform is not None:
+        return None  # shown as it says, not as part of a light
     return next(
         (
             key
