@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from gateway import Config
     from tests.broker import Broker
+    from tests.probe import Received
 
 HA = {"discovery": True, "prefix": "homeassistant"}
 PROJECTOR_POWER = {
@@ -61,6 +62,11 @@ ORDER = ["switch", "light", "number", "select", "text", "button"]  # power first
 
 def config_topic(device: str) -> str:
     return f"homeassistant/device/{NODE}_{device}/config"
+
+
+def emptied(topic: str) -> Callable[[Received], bool]:
+    """Matches the empty retained config that removes ``topic``'s device."""
+    return lambda message: message.topic == topic and message.payload == b""
 
 
 class HomeAssistant:
@@ -347,3 +353,19 @@ async def test_a_new_client_id_keeps_the_same_entities(
             await probe.wait_topic(config_topic("sensor"), count=2)
         assert second.json == first.json
         assert not any(m.payload == b"" for m in probe.messages if "/device/" in m.topic)
+
+
+async def test_a_new_node_id_removes_the_configs_of_the_old_one(
+    make_config: Callable[..., Config], broker: Broker
+) -> None:
+    async with Probe(broker.port, ["iot/#", "homeassistant/#"]) as probe:
+        old = {**HA, "node_id": "attic"}
+        async with started(make_config(homeassistant=old), probe):
+            await probe.wait_topic("homeassistant/device/attic_hub/config")
+            await probe.wait_topic("homeassistant/device/attic_gateway/config")
+        async with started(make_config(homeassistant=HA), probe):
+            for device in ("hub", "gateway"):
+                await probe.wait_for(emptied(f"homeassistant/device/attic_{device}/config"))
+    async with Probe(broker.port, ["homeassistant/#"]) as late:
+        await late.wait_topic(config_topic("hub"))
+        assert not any(m.topic.startswith("homeassistant/device/attic_") for m in late.messages)

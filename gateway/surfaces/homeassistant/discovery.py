@@ -18,7 +18,8 @@ Assistant says ``online`` on ``{prefix}/status``:
 2. every device's config is published: the migrated entities come back under it
    with their unique ids (and so their entity ids, names and history);
 3. the migrated per-entity topics are emptied, and so is every device config
-   of this gateway that names a device no longer configured.
+   of this gateway that names a device no longer configured (or that an
+   earlier ``node_id`` named).
 """
 
 from __future__ import annotations
@@ -201,15 +202,22 @@ class Discovery:
         )
 
     def _is_ours(self, topic: str, payload: bytes) -> bool:
-        """A device config of this gateway: its device is the gateway or hangs from it."""
-        parts = topic.split("/")  # prefix/device/object/config
-        if len(parts) != 4 or not parts[2].startswith(f"{self.node_id}_") or not payload:  # noqa: PLR2004
+        """A device config of this gateway, under this node id or an earlier one.
+
+        Its entities read this gateway's status: as their availability (a
+        device), or as the connectivity they show (the gateway itself). No other
+        gateway can have them, since no two share a base topic.
+        """
+        if len(topic.split("/")) != 4 or not payload:  # noqa: PLR2004 - prefix/device/object/config
             return False
-        device = _object(payload).get("device")
-        if not isinstance(device, dict):
-            return False
-        gateway = self.payloads.gateway_id
-        return device.get("via_device") == gateway or device.get("identifiers") == [gateway]
+        config = _object(payload)
+        status = self.payloads.topics.status
+        if {"topic": status} in _list(config.get("availability")):
+            return True
+        components = config.get("cmps")
+        return isinstance(components, dict) and any(
+            isinstance(c, dict) and c.get("state_topic") == status for c in components.values()
+        )
 
     @staticmethod
     def _note(held: dict[str, bytes], topic: str, payload: bytes) -> None:
@@ -225,6 +233,10 @@ def _object(payload: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def _unique_id(payload: bytes) -> object:
