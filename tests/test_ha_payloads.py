@@ -7,7 +7,10 @@ with every key Home Assistant requires of their platforms (``tests/home_assistan
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -339,3 +342,25 @@ def test_a_brightness_with_a_platform_of_its_own_is_not_part_of_a_light() -> Non
     assert components["power"]["platform"] == "switch"
     assert components["brightness"]["platform"] == "number"
     assert "light" not in components
+
+
+@pytest.mark.skipif(not os.environ.get("HA_PYTHON"), reason="HA_PYTHON names no Home Assistant")
+@pytest.mark.usefixtures("acme_site")
+def test_home_assistant_accepts_every_payload_with_its_own_schemas() -> None:
+    """Opt-in: ``HA_PYTHON`` is the Python of a Home Assistant installation (2025.1+).
+
+    For example: ``python3.12 -m venv /tmp/ha && /tmp/ha/bin/pip install -c
+    package_constraints.txt homeassistant==2025.1.4 paho-mqtt==1.6.1`` (the
+    constraints file is in the installed package), then ``HA_PYTHON=/tmp/ha/bin/python``.
+    """
+    payloads = {kind: device_payload(entry) for kind, entry in ENTRIES.items()}
+    payloads["gateway"] = Payloads("iot-gateway", TOPICS, configuration_url="http://gw/").gateway()
+    checked = subprocess.run(
+        [os.environ["HA_PYTHON"], str(Path(__file__).with_name("ha_schema_check.py"))],
+        input=json.dumps(payloads),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
