@@ -197,6 +197,7 @@ class Discovery:
         return (
             len(parts) == 5  # noqa: PLR2004 - prefix/component/node/object/config
             and parts[0] == self.prefix
+            and parts[1] != "device"  # a device config with a node id: not a per-entity one
             and parts[2] == self.node_id
             and parts[4] == "config"
         )
