@@ -368,12 +368,18 @@ def check_counters(load: Load, final: dict[str, int]) -> tuple[int, list[str]]:
 
 
 def counter_runs(load: Load, device: str) -> list[list[int]]:
-    """A counter's first-run ``ok`` counts in arrival order, split where it starts again."""
+    """A counter's first-run ``ok`` counts in arrival order, split where it starts again.
+
+    A result published again after a lost connection (the same payload: results
+    are at-least-once) is the same run of its command: only its first counts.
+    """
     runs: list[list[int]] = []
+    seen: set[str] = set()
     for message in load.probe.on(f"iot/{device}/result"):
         result = message.json
-        if result["status"] != "ok" or result["duplicate"]:
+        if result["status"] != "ok" or result["duplicate"] or result["id"] in seen:
             continue
+        seen.add(result["id"])
         count = int(result["state"]["count"])
         if not runs or count <= runs[-1][-1]:
             runs.append([])
