@@ -109,22 +109,64 @@ async def test_an_unwritable_journal_refuses_ids_runs_the_rest_and_recovers(
     assert len([r for r in results_by_id(probe, "c")["with-id"] if r["status"] == "ok"]) == 1
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 300 KB tmpfs (mounting needs root: skipped without it)."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
+def mount_tmpfs(mount_point: Path, options: str) -> None:
+    """A real tmpfs (mounting needs root: the test is skipped without it)."""
+    mount_point.mkdir(exist_ok=True)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
         capture_output=True,
         check=False,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 300 KB tmpfs."""
+    mount_point = tmp_path / "small-disk"
+    mount_tmpfs(mount_point, "size=300k")
     try:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs: not even root writes there until it is remounted."""
+    mount_point = tmp_path / "read-only"
+    mount_tmpfs(mount_point, "size=1m,ro")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_a_read_only_directory_refuses_ids_until_it_is_writable(
+    make_config: Callable[..., Config], probe: Probe, read_only_dir: Path
+) -> None:
+    config = make_config(
+        devices=[COUNTER],
+        gateway={"journal": str(read_only_dir / "journal.sqlite3")},
+        http={"port": 0},
+    )
+    async with started(config, probe) as gateway:
+        refused = await probe.command("c", {"action": "increment", "id": "early"})
+        assert refused["error"]["code"] == "journal_unavailable"
+        assert "journal cannot be written" in refused["error"]["message"]
+        assert (await readyz(gateway.http_port))[0] == 503
+        remount = await asyncio.create_subprocess_exec(
+            "mount", "-o", "remount,rw", str(read_only_dir)
+        )
+        assert await remount.wait() == 0
+        deadline = time.monotonic() + 10
+        while (await readyz(gateway.http_port))[0] != 200:
+            assert time.monotonic() < deadline, "never recovered"
+            await asyncio.sleep(0.1)
+        ran = await probe.command("c", {"action": "increment", "id": "early"})  # a resend
+        assert ran["status"] == "ok"
+        assert ran["state"] == {"count": 1}
 
 
 async def test_a_full_disk_refuses_ids_until_there_is_room_again(
