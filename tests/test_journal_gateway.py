@@ -34,6 +34,20 @@ async def readyz(port: int | None) -> tuple[int, Any]:
         return response.status, await response.text()
 
 
+async def ready_again(port: int | None) -> None:
+    """Wait until ``/readyz`` says 200 again: the journal recovered by itself."""
+    deadline = time.monotonic() + 10
+    while (await readyz(port))[0] != 200:
+        assert time.monotonic() < deadline, "never recovered"
+        await asyncio.sleep(0.1)
+
+
+def journal_in(make_config: Callable[..., Config], directory: Path) -> Config:
+    """One counter, HTTP on, the journal in ``directory``."""
+    journal = str(directory / "journal.sqlite3")
+    return make_config(devices=[COUNTER], gateway={"journal": journal}, http={"port": 0})
+
+
 async def without_an_id(probe: Probe, device: str, action: str) -> Any:
     """Send a bare action (the gateway makes its id) and return its result."""
     mark = len(probe.messages)
@@ -96,10 +110,7 @@ async def test_an_unwritable_journal_refuses_ids_runs_the_rest_and_recovers(
         assert without_id["status"] == "ok"
         assert without_id["state"] == {"count": 1}
         blocker.unlink()  # writable again: the gateway notices by itself
-        deadline = time.monotonic() + 10
-        while (await readyz(gateway.http_port))[0] != 200:
-            assert time.monotonic() < deadline, "never recovered"
-            await asyncio.sleep(0.1)
+        await ready_again(gateway.http_port)
         mark = len(probe.messages)
         await probe.publish("iot/c/command", {"action": "increment", "id": "with-id"})
         ran = await probe.result("c", "with-id", since=mark)
@@ -146,11 +157,7 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
 async def test_a_read_only_directory_refuses_ids_until_it_is_writable(
     make_config: Callable[..., Config], probe: Probe, read_only_dir: Path
 ) -> None:
-    config = make_config(
-        devices=[COUNTER],
-        gateway={"journal": str(read_only_dir / "journal.sqlite3")},
-        http={"port": 0},
-    )
+    config = journal_in(make_config, read_only_dir)
     async with started(config, probe) as gateway:
         refused = await probe.command("c", {"action": "increment", "id": "early"})
         assert refused["error"]["code"] == "journal_unavailable"
@@ -160,10 +167,7 @@ async def test_a_read_only_directory_refuses_ids_until_it_is_writable(
             "mount", "-o", "remount,rw", str(read_only_dir)
         )
         assert await remount.wait() == 0
-        deadline = time.monotonic() + 10
-        while (await readyz(gateway.http_port))[0] != 200:
-            assert time.monotonic() < deadline, "never recovered"
-            await asyncio.sleep(0.1)
+        await ready_again(gateway.http_port)
         ran = await probe.command("c", {"action": "increment", "id": "early"})  # a resend
         assert ran["status"] == "ok"
         assert ran["state"] == {"count": 1}
@@ -172,11 +176,7 @@ async def test_a_read_only_directory_refuses_ids_until_it_is_writable(
 async def test_a_full_disk_refuses_ids_until_there_is_room_again(
     make_config: Callable[..., Config], probe: Probe, small_disk: Path
 ) -> None:
-    config = make_config(
-        devices=[COUNTER],
-        gateway={"journal": str(small_disk / "journal.sqlite3")},
-        http={"port": 0},
-    )
+    config = journal_in(make_config, small_disk)
     async with started(config, probe) as gateway:
         ran = await probe.command("c", {"action": "increment", "id": "before"})
         assert ran["status"] == "ok"
@@ -197,10 +197,7 @@ async def test_a_full_disk_refuses_ids_until_there_is_room_again(
         assert "journal" in reason
         assert (await without_an_id(probe, "c", "increment"))["status"] == "ok"
         filler.unlink()  # room again: the gateway notices by itself
-        deadline = time.monotonic() + 10
-        while (await readyz(gateway.http_port))[0] != 200:
-            assert time.monotonic() < deadline, "never recovered"
-            await asyncio.sleep(0.1)
+        await ready_again(gateway.http_port)
         after = await probe.command("c", {"action": "increment", "id": "after"})
         assert after["status"] == "ok"
         assert not after["duplicate"]
