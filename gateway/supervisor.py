@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from gateway.broker.aiomqtt_transport import AiomqttTransport
 from gateway.broker.leftovers import Leftovers
 from gateway.broker.session import MqttSession
 from gateway.core.events import AvailabilityChanged, ConnectionChanged, EventStream
+from gateway.core.health import Health
 from gateway.core.messages import Inbound, Outbound
 from gateway.core.runtime import Core
 from gateway.core.topics import Topics
@@ -63,11 +65,16 @@ class Gateway:
         self.session = MqttSession(
             settings.mqtt, self.topics, self.outbox, self, transport, watch=watched
         )
+        self.health = Health(
+            self.topics, instance=settings.gateway.instance, version=_version(), link=self.session
+        )
         self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
         self.events.subscribe(self.metrics.on_event)
         self.events.subscribe(self._readiness_may_change)
         self.http = (
-            HttpServer(settings.http, self.not_ready_reason, self.metrics)
+            HttpServer(
+                settings.http, self.not_ready_reason, self.metrics, lambda: self.session.broker
+            )
             if settings.http is not None
             else None
         )
@@ -131,6 +138,7 @@ class Gateway:
             Outbound(self.topics.status, b"online", retain=True),
             Outbound(self.topics.device_list, self.fleet.describe_json(), retain=True),
             Outbound(self.topics.scenes, self.scenes.describe_json(), retain=True),
+            self.health.message(),
         ]
         for runner in self.fleet:
             messages += runner.announcements()
@@ -173,8 +181,7 @@ class Gateway:
 
     @property
     def _broker(self) -> str:
-        mqtt = self.config.settings.mqtt
-        return f"{mqtt.host}:{mqtt.port}"
+        return self.session.broker
 
     def _online(self) -> str:
         online = sum(runner.available for runner in self.fleet)
@@ -201,12 +208,9 @@ class Gateway:
 
     async def serve(self) -> None:
         """Run until ``should_exit`` is set, then shut down cleanly."""
-        log.info(
-            "starting with %d devices; broker %s:%d",
-            len(self.fleet.runners),
-            self.config.settings.mqtt.host,
-            self.config.settings.mqtt.port,
-        )
+        mqtt = self.config.settings.mqtt
+        brokers = ", ".join(mqtt.hosts) if mqtt.hosts else f"{mqtt.host}:{mqtt.port}"
+        log.info("starting with %d devices; broker %s", len(self.fleet.runners), brokers)
         self.systemd.status(f"connecting to the broker at {self._broker}")
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -214,7 +218,16 @@ class Gateway:
                 await self.core.open_journal()  # before any command can come
                 tasks.create_task(self.core.run(), name="core")
                 session = tasks.create_task(self.session.run(), name="mqtt")
+                health = tasks.create_task(
+                    self.health.republish(
+                        self.config.settings.gateway.health_interval,
+                        self.outbox.put,
+                        lambda: self.connected,
+                    ),
+                    name="health",
+                )
                 await self.should_exit.wait()
+                health.cancel()
                 await self._shutdown(session)
                 await self._stop_background(background)
         finally:
@@ -282,6 +295,13 @@ class Gateway:
                 len(self.outbox),
             )
             session.cancel()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("iot-gateway")
+    except importlib.metadata.PackageNotFoundError:  # a source tree never installed
+        return "unknown"
 
 
 def install_signal_handlers(gateway: Gateway) -> None:

@@ -599,7 +599,7 @@ def test_a_file_value_beside_a_variable_is_not_blamed_on_it(tmp_path: Path) -> N
     [
         ("GATEWAY_MQT__HOST", "GATEWAY_MQTT__HOST"),
         ("GATEWAY_MQTT_HOST", "GATEWAY_MQTT__HOST"),
-        ("GATEWAY_MQTT__HOTS", "GATEWAY_MQTT__HOST"),
+        ("GATEWAY_MQTT__HOTS", "GATEWAY_MQTT__HOSTS"),
         ("GATEWAY_MQTT__RECONNECT__MAX_DELAI", "GATEWAY_MQTT__RECONNECT__MAX_DELAY"),
         ("GATEWAY_MQTT__HOST__NAME", None),
         ("GATEWAY_DEVICES__0__ID", None),

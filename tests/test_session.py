@@ -36,6 +36,8 @@ class FakeLink:
     )
     delivering: bool = True
     next_token: int = 1
+    protocol: str = "5"
+    session_present: bool = True
 
     async def subscribe(self, topic_filter: str, *, skip_retained: bool = False) -> list[int]:
         self.subscribed.append((topic_filter, skip_retained))

@@ -14,14 +14,14 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker.aiomqtt_transport import AiomqttTransport
+from gateway.broker.aiomqtt_transport import AIOMQTT_TIMEOUT, AiomqttTransport
 from gateway.config import MqttSettings
 
 
 def a_client() -> aiomqtt.Client:
     """The client the transport makes, not connected (it needs a running loop)."""
     transport = AiomqttTransport(MqttSettings(), will_topic="iot/gateway/status")
-    return transport._new_client()  # noqa: SLF001 - what is pinned is what it makes
+    return transport._new_client("5")  # noqa: SLF001 - what is pinned is what it makes
 
 
 def test_the_pinned_versions() -> None:
@@ -78,3 +78,16 @@ def test_aiomqtt_client_takes_the_options_the_transport_passes() -> None:
         "identifier",
     ):
         assert name in options, name
+
+
+def test_aiomqtt_on_connect_takes_the_connack_flags() -> None:
+    # The link wraps it to read Session Present (ConnectFlags.session_present).
+    parameters = list(inspect.signature(aiomqtt.Client._on_connect).parameters)  # noqa: SLF001
+    assert parameters[:4] == ["self", "client", "userdata", "flags"]
+    assert "session_present" in paho.ConnectFlags._fields
+
+
+def test_aiomqtt_says_operation_timed_out_when_no_connack_comes() -> None:
+    # `mqtt.protocol: auto` falls back to 3.1.1 on this text (see _refused_v5).
+    source = inspect.getsource(aiomqtt.Client._wait_for)  # noqa: SLF001
+    assert repr(AIOMQTT_TIMEOUT) in source.replace('"', "'")

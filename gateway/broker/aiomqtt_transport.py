@@ -30,6 +30,7 @@ import aiomqtt
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTT_ERR_SUCCESS, MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.broker.transport import TransportError
@@ -37,8 +38,6 @@ from gateway.core.messages import Inbound
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-
-    from paho.mqtt.reasoncodes import ReasonCode
 
     from gateway.broker.transport import LinkHandler
     from gateway.config import MqttSettings
@@ -52,10 +51,20 @@ RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.1.2.11.3: the most unacknowledged QoS 1 me
 # each) and other properties, so every command just over the limit still reaches
 # the dispatcher and gets its `payload_too_large` answer.
 PACKET_HEADROOM = 256 * 1024
+UNSUPPORTED_PROTOCOL_VERSION = 132  # CONNACK reason (MQTT 5 §3.2.2.2)
+# aiomqtt 2.5's text when a call (here: the CONNACK) did not come in time;
+# tests/test_transport_pins.py pins it.
+AIOMQTT_TIMEOUT = "Operation timed out"
 
 
 class AiomqttTransport:
-    """Connections to one broker, as the ``mqtt`` settings say, through aiomqtt."""
+    """Connections to the brokers the ``mqtt`` settings name, through aiomqtt.
+
+    ``mqtt.hosts`` are tried in order: a failed connect moves on to the next
+    one (the session's backoff paces the attempts), a working one is kept.
+    With ``mqtt.protocol: auto``, each broker is offered MQTT 5 first and
+    3.1.1 when it refuses 5 or never answers; what worked is kept for it.
+    """
 
     def __init__(
         self, settings: MqttSettings, *, will_topic: str, max_payload_bytes: int | None = None
@@ -70,34 +79,78 @@ class AiomqttTransport:
         self._max_packet_size = (
             None if max_payload_bytes is None else max_payload_bytes + PACKET_HEADROOM
         )
-        self._v5 = settings.protocol == "5"
+        self._nodes = settings.nodes
+        self._node = 0  # index into _nodes: the broker in use, or to try next
+        self._learned: dict[int, str] = {}  # node -> the protocol `auto` settled on
 
     @property
     def address(self) -> str:
-        """``host:port`` of the broker."""
-        return f"{self._settings.host}:{self._settings.port}"
+        """``host:port`` of the broker in use (or tried next)."""
+        return _address(*self._nodes[self._node])
 
     @contextlib.asynccontextmanager
     async def connect(self, handler: LinkHandler) -> AsyncIterator[_Link]:
         """One connection for the block (see ``gateway.transport.Transport``)."""
-        client = self._new_client()
-        link = _Link(client, handler, v5=self._v5)
         try:
-            async with client:
+            client, link = await self._handshake(handler)
+        except TransportError:
+            self._node = (self._node + 1) % len(self._nodes)  # the next broker, next time
+            raise
+        try:
+            try:
                 _WritesInLoop(client)  # only now: paho sent the CONNECT from another thread
                 yield link
+            finally:
+                await client.__aexit__(None, None, None)
         except aiomqtt.MqttError as exc:
             raise TransportError(str(exc) or type(exc).__name__) from exc
         finally:
-            # aiomqtt may leave the socket of a failed connect open and reading (a
-            # CONNACK after the timeout): its messages must not run, since the broker
-            # redelivers them, unacknowledged, to the next connection.
             link.stop_delivering()
 
-    def _new_client(self) -> aiomqtt.Client:
+    async def _handshake(self, handler: LinkHandler) -> tuple[aiomqtt.Client, _Link]:
+        """CONNECT and CONNACK with the current broker, falling back to 3.1.1 if allowed."""
+        node = self._node
+        learned = self._learned.get(node)
+        candidates = (learned,) if learned else _protocols(self._settings.protocol)
+        for protocol in candidates:
+            client = self._new_client(protocol)
+            link = _Link(client, handler, protocol=protocol)
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                # aiomqtt may leave the socket of a failed connect open and reading (a
+                # CONNACK after the timeout): its messages must not run, since the broker
+                # redelivers them, unacknowledged, to the next connection.
+                link.stop_delivering()
+                why_not_5 = _refused_v5(exc) if protocol == "5" else None
+                if why_not_5 is not None and protocol != candidates[-1]:
+                    log.info("MQTT: %s %s; trying MQTT 3.1.1", self.address, why_not_5)
+                    continue
+                raise TransportError(self._explain(exc, protocol, why_not_5)) from exc
+            if learned is None and self._settings.protocol == "auto":
+                self._learned[node] = protocol
+                log.info("MQTT: %s: using MQTT %s (mqtt.protocol: auto)", self.address, protocol)
+            return client, link
+        raise AssertionError  # pragma: no cover - the last candidate returns or raises
+
+    def _explain(self, exc: aiomqtt.MqttError, protocol: str, why_not_5: str | None) -> str:
+        """Why the connect failed, with what to change when the protocol is the cause."""
+        text = str(exc) or type(exc).__name__
+        if why_not_5 is None:
+            return text
+        if self._settings.protocol == "5":
+            return (
+                f"{text}: the broker {why_not_5}; if it speaks only MQTT 3.1.1, "
+                'set mqtt.protocol to "3.1.1" or "auto"'
+            )
+        return f"{text} (MQTT {protocol})"
+
+    def _new_client(self, protocol: str) -> aiomqtt.Client:
         s = self._settings
+        host, port = self._nodes[self._node]
+        v5 = protocol == "5"
         properties = None
-        if self._v5:
+        if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = s.session_expiry
             # Commands are acknowledged only once answered, in order (see acks.py): the
@@ -106,16 +159,16 @@ class AiomqttTransport:
             if self._max_packet_size is not None:  # MQTT 5 §3.1.2.11.4
                 properties.MaximumPacketSize = self._max_packet_size
         client = aiomqtt.Client(
-            s.host,
-            s.port,
+            host,
+            port,
             username=s.username,
             password=s.password.get_secret_value() if s.password else None,
             identifier=s.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=aiomqtt.Will(self._will_topic, b"offline", qos=1, retain=True),
-            clean_session=None if self._v5 else False,
+            clean_session=None if v5 else False,
             # paho refuses clean_start for 3.1.1, where clean_session=False does the job.
-            clean_start=False if self._v5 else MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=False if v5 else MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=s.keepalive,
             # Give up on a silent broker (no CONNACK, no SUBACK) within the keepalive.
             timeout=min(CALL_TIMEOUT, 1.5 * s.keepalive),
@@ -132,6 +185,27 @@ class AiomqttTransport:
         return client
 
 
+def _protocols(setting: str) -> tuple[str, ...]:
+    """The MQTT versions to offer, in order, for ``mqtt.protocol``."""
+    return ("5", "3.1.1") if setting == "auto" else (setting,)
+
+
+def _refused_v5(exc: aiomqtt.MqttError) -> str | None:
+    """How a broker turned down an MQTT 5 CONNECT, or None if it was something else."""
+    if isinstance(exc, aiomqtt.MqttCodeError):  # a CONNACK with a failure reason
+        # MQTT 5 §3.2.2.2 reason 132; paho also reads a 3.1.1 CONNACK's
+        # "unacceptable protocol version" (return code 1) as 132.
+        code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+        return "refused MQTT 5 (reason 132)" if code == UNSUPPORTED_PROTOCOL_VERSION else None
+    if str(exc) == AIOMQTT_TIMEOUT:  # connected, but no CONNACK: some 3.1.1 brokers stay silent
+        return "never answered an MQTT 5 CONNECT"
+    return None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _Link:
     """One connection: subscribe, publish, acknowledge, and messages as paho reads them.
 
@@ -143,11 +217,23 @@ class _Link:
     coroutine, Event or scan of pending calls per message. PUBACKs are manual.
     """
 
-    def __init__(self, client: aiomqtt.Client, handler: LinkHandler, *, v5: bool) -> None:
+    def __init__(self, client: aiomqtt.Client, handler: LinkHandler, *, protocol: str) -> None:
         """Take over paho's message and publish callbacks; turn off automatic PUBACKs."""
         self._client = client
         self._paho = client._client  # noqa: SLF001 - see the class docstring
-        self._v5 = v5
+        self.protocol = protocol
+        """The MQTT version spoken: ``5`` or ``3.1.1``."""
+        self._v5 = protocol == "5"
+        self.session_present = False
+        """The CONNACK's Session Present flag (MQTT 5 §3.2.2.1.1)."""
+        aiomqtt_on_connect = self._paho.on_connect
+
+        def on_connect(paho: Any, userdata: Any, flags: Any, *rest: Any) -> None:  # noqa: ANN401
+            self.session_present = bool(flags.session_present)
+            if aiomqtt_on_connect is not None:
+                aiomqtt_on_connect(paho, userdata, flags, *rest)
+
+        self._paho.on_connect = on_connect
         self._handler: LinkHandler | None = handler
         self._paho.manual_ack_set(on=True)
         self._paho.on_message = self._on_message
@@ -407,28 +493,41 @@ class ToolClient:
 async def tool_client(settings: MqttSettings) -> AsyncIterator[ToolClient]:
     """Connect as the gateway's config says, with a clean session and a fresh id.
 
+    The first of ``mqtt.hosts`` that answers, with ``mqtt.protocol``'s versions
+    tried as the gateway tries them.
+
     Raises:
-        ConnectionError: the broker cannot be reached or refused the login.
+        ConnectionError: no broker can be reached, or one refused the login.
     """
-    client = aiomqtt.Client(
-        settings.host,
-        settings.port,
+    problems = []
+    for host, port in settings.nodes:
+        for protocol in _protocols(settings.protocol):
+            client = _tool_client(settings, host, port, protocol)
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                problems.append(f"{_address(host, port)} (MQTT {protocol}): {exc}")
+                if protocol == "5" and _refused_v5(exc) is not None:
+                    continue
+                break
+            try:
+                yield ToolClient(client)
+            finally:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.__aexit__(None, None, None)
+            return
+    raise ConnectionError(f"cannot connect to {'; '.join(problems)}")
+
+
+def _tool_client(settings: MqttSettings, host: str, port: int, protocol: str) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        host,
+        port,
         username=settings.username,
         password=settings.password.get_secret_value() if settings.password else None,
         identifier=f"{settings.client_id}-tool-{uuid.uuid4().hex[:8]}",
-        protocol=aiomqtt.ProtocolVersion.V5
-        if settings.protocol == "5"
-        else aiomqtt.ProtocolVersion.V311,
+        protocol=aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311,
         tls_context=_tls_context(settings),
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         logger=logging.getLogger("gateway.broker.aiomqtt_transport.client"),
     )
-    try:
-        await client.__aenter__()
-    except aiomqtt.MqttError as exc:
-        raise ConnectionError(f"cannot connect to {settings.host}:{settings.port}: {exc}") from exc
-    try:
-        yield ToolClient(client)
-    finally:
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.__aexit__(None, None, None)

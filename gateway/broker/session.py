@@ -105,7 +105,6 @@ class MqttSession:
         self._handler = handler
         self._transport = transport
         self._watch = tuple(watch)
-        self._skip_retained = settings.protocol == "5"
         self._backoff = Backoff(settings.reconnect.min_delay, settings.reconnect.max_delay)
         # Published but not yet acknowledged, in publish order (identity-keyed).
         self._in_flight: dict[Outbound, None] = {}
@@ -116,6 +115,12 @@ class MqttSession:
         self._reconnects = 0
         self._ever_connected = False
         self._hinted = False  # the "is the broker running?" hint is logged once
+        self.protocol: str | None = None
+        """The MQTT version of the last connection (``5`` or ``3.1.1``); None before one."""
+        self.session_present: bool | None = None
+        """The last CONNACK's Session Present flag; None before the first."""
+        self.session_lost = 0
+        """Reconnects whose CONNACK said the broker no longer had our session."""
 
     @property
     def reconnects(self) -> int:
@@ -124,6 +129,11 @@ class MqttSession:
         A first connect after failed attempts at start-up is not a reconnect.
         """
         return self._reconnects
+
+    @property
+    def broker(self) -> str:
+        """``host:port`` of the broker in use (or tried next)."""
+        return self._transport.address
 
     async def run(self) -> None:
         """Connect, serve, reconnect; returns once the outbox is closed and drained."""
@@ -155,7 +165,8 @@ class MqttSession:
         log.warning(
             "MQTT: nothing accepts connections at %s. Is the broker running? "
             "Start it (`sudo systemctl start mosquitto`, or `mosquitto -v` in another "
-            "terminal), or point mqtt.host and mqtt.port at yours. Still retrying.",
+            "terminal), or point mqtt.host and mqtt.port (or mqtt.hosts) at yours. "
+            "Still retrying.",
             self._transport.address,
         )
 
@@ -175,6 +186,7 @@ class MqttSession:
     async def _serve_connection(self) -> None:
         try:
             async with self._transport.connect(self) as link, asyncio.TaskGroup() as tasks:
+                self._check_session(link)  # before the announcements, which report it
                 self._outbox.drop_retained()  # the announcements carry the current ones
                 # Watch from the start: it notices a dead connection even while the
                 # subscription and the announcements wait for their acks.
@@ -193,17 +205,42 @@ class MqttSession:
                 self._redeliveries.expect(*self._acks.close())
             self._acks = None
 
-    def _connected(self) -> None:
-        self._backoff.reset()
+    def _check_session(self, link: Link) -> None:
+        """Count the reconnect; say loudly when the broker lost our session."""
         again = self._ever_connected
         self._ever_connected = True
         self._reconnects += again
-        log.info("MQTT: connected to %s%s", self._transport.address, " again" if again else "")
+        self.protocol = link.protocol
+        self.session_present = link.session_present
+        # MQTT 5 §3.2.2.1.1 (3.1.1 §3.2.2.2): with clean start off, Session Present
+        # 0 means the broker had no session for us: what it queued is gone.
+        if again and not link.session_present:
+            self.session_lost += 1
+            log.warning(
+                "MQTT: the broker at %s no longer had the gateway's session (CONNACK "
+                "session present 0): commands sent while the gateway was away may be "
+                "lost, so clients should resend any command id they got no result for "
+                "(ids make that safe). Check that the broker persists sessions (mosquitto: "
+                "`persistence true`; a cluster: replicated session queues) and keeps them "
+                "for mqtt.session_expiry (%d s).",
+                self._transport.address,
+                self._settings.session_expiry,
+            )
+
+    def _connected(self) -> None:
+        self._backoff.reset()
+        again = self._reconnects > 0
+        log.info(
+            "MQTT: connected to %s%s (MQTT %s)",
+            self._transport.address,
+            " again" if again else "",
+            self.protocol,
+        )
         self._handler.on_connection(connected=True)
 
     async def _subscribe(self, link: Link) -> None:
         command_filter = self._topics.command_filter
-        codes = await link.subscribe(command_filter, skip_retained=self._skip_retained)
+        codes = await link.subscribe(command_filter, skip_retained=link.protocol == "5")
         _check_granted(command_filter, codes)
         for topic_filter in self._watch:
             _check_granted(topic_filter, await link.subscribe(topic_filter))

@@ -41,6 +41,16 @@ class LinkHandler(Protocol):
 class Link(Protocol):
     """One MQTT connection, made with the session's will, properties and client id."""
 
+    @property
+    def protocol(self) -> str:
+        """The MQTT version this connection speaks: ``5`` or ``3.1.1``."""
+        ...
+
+    @property
+    def session_present(self) -> bool:
+        """The CONNACK's Session Present flag: the broker still had our session."""
+        ...
+
     async def subscribe(self, topic_filter: str, *, skip_retained: bool = False) -> list[int]:
         """Subscribe at QoS 1; the broker's reason codes (>= 0x80 is a refusal).
 
@@ -72,7 +82,7 @@ class Link(Protocol):
 
 
 class Transport(Protocol):
-    """Makes connections to one broker."""
+    """Makes connections to the broker (one of ``mqtt.hosts``, in turn)."""
 
     def connect(self, handler: LinkHandler) -> AbstractAsyncContextManager[Link]:
         """Connect (CONNACK received) for the block; disconnect at its end.
@@ -84,5 +94,5 @@ class Transport(Protocol):
 
     @property
     def address(self) -> str:
-        """``host:port`` of the broker, for log lines."""
+        """``host:port`` of the broker in use (or tried next), for log lines and health."""
         ...

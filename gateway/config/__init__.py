@@ -6,12 +6,14 @@ This is the only module that reads the configuration file and the environment.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +21,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -59,6 +62,7 @@ __all__ = [  # the checks are here too, where their callers have always found th
     "describe_errors",
     "environment_overrides",
     "load_config",
+    "parse_host_port",
     "read_yaml",
     "settings_from_environment",
     "validate_devices",
@@ -98,11 +102,36 @@ class Tls(_Section):
     key_file: Path | None = None
 
 
+def _host_port(value: str) -> str:
+    """``host:port`` (``[::1]:1883`` for IPv6), checked; the text as given."""
+    parse_host_port(value)
+    return value
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``("host", port)`` from ``host:port``; ``ValueError`` says what is wrong."""
+    host, separator, port_text = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not separator or not host or not port_text.isdigit():
+        msg = f"must be host:port (like broker.lan:1883), got {value!r}"
+        raise ValueError(msg)
+    port = int(port_text)
+    if not 1 <= port <= 65535:  # noqa: PLR2004 - TCP's port range
+        msg = f"port must be 1-65535, got {port}"
+        raise ValueError(msg)
+    return host, port
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
 class MqttSettings(_Section):
     """The broker connection."""
 
     host: str = "localhost"
     port: int = Field(default=1883, ge=1, le=65535)
+    hosts: tuple[HostPort, ...] | None = None
+    """Brokers (``host:port``) tried in order, for a cluster; instead of ``host``/``port``."""
     username: str | None = None
     password: SecretStr | None = None
     """Set from ``password_file`` when that is given."""
@@ -114,7 +143,8 @@ class MqttSettings(_Section):
     """
     client_id: str = Field(default="iot-gateway", min_length=1)
     base_topic: str = Field(default="iot", pattern=r"^[^#+]+$")
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    """``auto``: MQTT 5, or 3.1.1 when the broker refuses 5 or never answers it."""
     keepalive: int = Field(default=30, ge=1, le=65535)
     session_expiry: int = Field(default=3600, ge=0)
     reconnect: Backoff = Backoff()
@@ -128,6 +158,36 @@ class MqttSettings(_Section):
     def _protocol_as_text(cls, value: object) -> object:
         """YAML reads ``protocol: 5`` as a number."""
         return "5" if value == 5 and not isinstance(value, bool) else value  # noqa: PLR2004
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _hosts_from_text(cls, value: object) -> object:
+        """``GATEWAY_MQTT__HOSTS=a:1883,b:1883`` as well as a JSON list."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _some_hosts(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value == ():
+            msg = "list at least one host:port"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _hosts_or_host(self) -> MqttSettings:
+        if self.hosts is not None and {"host", "port"} & self.model_fields_set:
+            msg = "set either hosts or host/port, not both"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """Every broker address to try, in order: ``hosts``, else ``host`` and ``port``."""
+        if self.hosts is None:
+            return ((self.host, self.port),)
+        return tuple(parse_host_port(entry) for entry in self.hosts)
 
 
 def default_journal_path() -> Path:
@@ -147,6 +207,10 @@ def default_journal_path() -> Path:
 class GatewaySettings(_Section):
     """How commands are run."""
 
+    instance: str = Field(default_factory=socket.gethostname, min_length=1)
+    """This gateway's name in its health topic (contract 12); the host name by default."""
+    health_interval: float = Field(default=60, gt=0, le=60)
+    """Seconds between republishes of ``{base}/gateway/health`` (it also goes out on change)."""
     command_timeout: float = Field(default=10, gt=0)
     shutdown_grace: float = Field(default=5, ge=0)
     queue_size: int = Field(default=100, ge=1)

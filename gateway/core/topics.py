@@ -32,6 +32,11 @@ class Topics:
         return f"{self.base}/{GATEWAY}/devices"
 
     @property
+    def health(self) -> str:
+        """The retained health report (contract 12)."""
+        return f"{self.base}/{GATEWAY}/health"
+
+    @property
     def scenes(self) -> str:
         """The retained list of scenes."""
         return f"{self.base}/{GATEWAY}/scenes"

@@ -56,6 +56,7 @@ class HttpServer:
         settings: HttpSettings,
         not_ready_reason: Callable[[], str | None],
         metrics: MetricsSource,
+        broker: Callable[[], str] | None = None,
     ) -> None:
         """Nothing listens until ``run``.
 
@@ -64,10 +65,12 @@ class HttpServer:
                 takes a free port (see ``port``).
             not_ready_reason: Why the gateway is not ready, or None when it is.
             metrics: What ``/metrics`` exposes.
+            broker: The ``host:port`` of the broker in use, for ``/readyz``.
         """
         self._settings = settings
         self._not_ready_reason = not_ready_reason
         self._metrics = metrics
+        self._broker = broker
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         self.port: int | None = None
@@ -165,9 +168,10 @@ class HttpServer:
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         reason = self._not_ready_reason()
+        broker = {} if self._broker is None else {"broker": self._broker()}
         if reason is None:
-            return web.json_response({"ready": True})
-        return web.json_response({"ready": False, "reason": reason}, status=503)
+            return web.json_response({"ready": True, **broker})
+        return web.json_response({"ready": False, "reason": reason, **broker}, status=503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         body, content_type = self._metrics.exposition(request.headers.get("Accept"))

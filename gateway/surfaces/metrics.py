@@ -104,7 +104,7 @@ class _LiveCollector:
         self._connected = connected
 
     def collect(self) -> Iterator[Metric]:
-        """Yield queue depth, device and broker state, and reconnects."""
+        """Yield queue depth, device and broker state, reconnects and lost sessions."""
         depth = GaugeMetricFamily(
             f"{PREFIX}_queue_depth",
             "Commands waiting in a device's queue (not counting the running one).",
@@ -129,4 +129,10 @@ class _LiveCollector:
             f"{PREFIX}_reconnects",
             "Times the broker connection was lost and established again.",
             value=self._session.reconnects,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_session_lost",
+            "Reconnects that found the broker no longer had the gateway's session "
+            "(commands queued for it may be lost).",
+            value=self._session.session_lost,
         )
