@@ -112,6 +112,7 @@ class AiomqttTransport:
         node = self._node
         learned = self._learned.get(node)
         candidates = (learned,) if learned else _protocols(self._settings.protocol)
+        why_not_5 = None
         for protocol in candidates:
             client = self._new_client(protocol)
             link = _Link(client, handler, protocol=protocol)
@@ -124,14 +125,26 @@ class AiomqttTransport:
                 link.stop_delivering()
                 why_not_5 = _refused_v5(exc) if protocol == "5" else None
                 if why_not_5 is not None and protocol != candidates[-1]:
-                    log.info("MQTT: %s %s; trying MQTT 3.1.1", self.address, why_not_5)
-                    continue
+                    continue  # to 3.1.1, said once it works
                 raise TransportError(self._explain(exc, protocol, why_not_5)) from exc
             if learned is None and self._settings.protocol == "auto":
-                self._learned[node] = protocol
-                log.info("MQTT: %s: using MQTT %s (mqtt.protocol: auto)", self.address, protocol)
+                self._learned[node] = protocol  # a broker's version does not change under us
+                self._say_chosen(why_not_5)
             return client, link
         raise AssertionError  # pragma: no cover - the last candidate returns or raises
+
+    def _say_chosen(self, why_not_5: str | None) -> None:
+        """One line per broker: the version ``auto`` chose, and why not 5 if not."""
+        if why_not_5 is None:
+            log.info("MQTT: %s speaks MQTT 5: using it (mqtt.protocol: auto)", self.address)
+            return
+        log.warning(
+            "MQTT: %s %s: using MQTT 3.1.1 (mqtt.protocol: auto). Without MQTT 5 there "
+            "are no Response Topics, and retained commands are refused on arrival "
+            'instead of never sent. Set mqtt.protocol: "3.1.1" to skip the MQTT 5 attempt.',
+            self.address,
+            why_not_5,
+        )
 
     def _explain(self, exc: aiomqtt.MqttError, protocol: str, why_not_5: str | None) -> str:
         """Why the connect failed, with what to change when the protocol is the cause."""
