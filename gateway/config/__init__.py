@@ -159,14 +159,6 @@ class MqttSettings(_Section):
         """YAML reads ``protocol: 5`` as a number."""
         return "5" if value == 5 and not isinstance(value, bool) else value  # noqa: PLR2004
 
-    @field_validator("hosts", mode="before")
-    @classmethod
-    def _hosts_from_text(cls, value: object) -> object:
-        """``GATEWAY_MQTT__HOSTS=a:1883,b:1883`` as well as a JSON list."""
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
     @field_validator("hosts")
     @classmethod
     def _some_hosts(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
