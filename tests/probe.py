@@ -56,8 +56,10 @@ class Probe:
         client_id: str | None = None,
         persistent: bool = False,
         protocol: str = "5",
+        host: str = "127.0.0.1",
     ) -> None:
-        """Connect to the broker on 127.0.0.1:``port`` once entered."""
+        """Connect to the broker on ``host``:``port`` once entered."""
+        self.host = host
         self.port = port
         self.topics = topics
         self.client_id = client_id or f"probe-{uuid.uuid4().hex[:8]}"
@@ -111,7 +113,7 @@ class Probe:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 3600 if self.persistent else 0
         return aiomqtt.Client(
-            "127.0.0.1",
+            self.host,
             self.port,
             identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
