@@ -92,7 +92,9 @@ class Run:
             "base_topic": self.base,
             "client_id": f"gw-{self.base}",
         }
-        data = deep_merge(FAST, {"mqtt": mqtt, "devices": DEVICES})
+        # Room for a whole stream in the counter's queue: `busy` is not what is checked.
+        gateway = {"queue_size": COMMANDS + 10}
+        data = deep_merge(FAST, {"mqtt": mqtt, "gateway": gateway, "devices": DEVICES})
         self.config_path = write_config(data)
         self.config: Config = load_config(self.config_path, AdapterRegistry.from_entry_points())
 
