@@ -28,6 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "tests/test_broker_compat.py"
 OURS = ["mosquitto-5", "mosquitto-3.1.1", "aedes"]
+FIGURES = {  # what the checks report (tests/test_broker_compat.py, ``report``)
+    "commands_per_s": "counter stream, commands/s",
+    "resent_after_restart": "ids resent after the restart (lost by the broker)",
+}
 
 
 @dataclass
@@ -47,12 +51,10 @@ class Matrix:
         for check, row in self.outcomes.items():
             cells = [row.get(broker, "") for broker in self.brokers]
             lines.append(f"| {check} | " + " | ".join(cells) + " |")
-        speeds = [self.figures.get(b, {}).get("commands_per_s") for b in self.brokers]
-        lines.append(
-            "| counter stream, commands/s | "
-            + " | ".join(f"{s:,.0f}" if s else "" for s in speeds)
-            + " |"
-        )
+        for figure, label in FIGURES.items():
+            values = [self.figures.get(b, {}).get(figure) for b in self.brokers]
+            cells = " | ".join("" if v is None else f"{v:,.0f}" for v in values)
+            lines.append(f"| {label} | {cells} |")
         return "\n".join(lines)
 
 

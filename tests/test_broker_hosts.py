@@ -41,8 +41,8 @@ def second(tmp_path: Path) -> Iterator[Broker]:
 
 def config_for(write_config: Callable[[dict[str, Any]], Path], *brokers: Broker) -> Config:
     """A config whose ``mqtt.hosts`` lists ``brokers`` in order (no ``host``/``port``)."""
-    data = deep_merge(FAST, {"devices": SWITCH, "http": HTTP})
-    data["mqtt"]["hosts"] = [f"{b.host}:{b.port}" for b in brokers]
+    hosts = [f"{b.host}:{b.port}" for b in brokers]
+    data = deep_merge(FAST, {"mqtt": {"hosts": hosts}, "devices": SWITCH, "http": HTTP})
     return load_config(write_config(data), AdapterRegistry.from_entry_points())
 
 

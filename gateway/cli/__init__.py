@@ -146,7 +146,7 @@ def send(
         return EXIT_UNAVAILABLE
     if result is None:
         # MQTT 3.1.1 has no PUBACK reason: a broker acknowledges what its ACL drops.
-        maybe_refused = settings.protocol != "5"
+        maybe_refused = settings.protocol == "3.1.1"
         hint = " (or the broker's ACL refused the command: MQTT 3.1.1 cannot say)"
         _say("send", f"no result within {wait:g} s{hint if maybe_refused else ''}")
         return EXIT_UNAVAILABLE
