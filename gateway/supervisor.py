@@ -100,7 +100,11 @@ class Gateway:
             devices,
             configuration_url=http_page(settings.http),
         )
-        activity = Activity(discovery.payloads.activity_topic, discovery.payloads.version)
+        activity = Activity(
+            discovery.payloads.activity_topic,
+            discovery.payloads.version,
+            session_lost=lambda: self.session.session_lost,
+        )
         self.events.subscribe(activity.on_event)
         return discovery, activity
 
@@ -218,16 +222,7 @@ class Gateway:
                 await self.core.open_journal()  # before any command can come
                 tasks.create_task(self.core.run(), name="core")
                 session = tasks.create_task(self.session.run(), name="mqtt")
-                health = tasks.create_task(
-                    self.health.republish(
-                        self.config.settings.gateway.health_interval,
-                        self.outbox.put,
-                        lambda: self.connected,
-                    ),
-                    name="health",
-                )
                 await self.should_exit.wait()
-                health.cancel()
                 await self._shutdown(session)
                 await self._stop_background(background)
         finally:
@@ -241,6 +236,9 @@ class Gateway:
             background.append(tasks.create_task(self.http.run(), name="http"))
             # A port already taken ends serve() here, before anything connects.
             await self.http.started.wait()
+        health_interval = self.config.settings.gateway.health_interval
+        health = self.health.republish(self._publish_if_connected, health_interval)
+        self._loops.append(tasks.create_task(health, name="health"))
         if self.activity is not None:
             interval = self.config.settings.homeassistant.activity_interval
             activity = self.activity.run(self._publish_if_connected, interval)

@@ -38,6 +38,7 @@ def test_per_minute_figures_forget_what_is_older_than_a_minute() -> None:
         "commands_per_min": 4,
         "errors_per_min": 1,
         "reconnects": 0,
+        "session_lost": 0,
     }
     clock.now += 45  # the first three and the error are 75 s old
     figures = activity.figures()
@@ -53,6 +54,13 @@ def test_reconnects_are_connects_after_the_first() -> None:
     message = activity.message()
     assert (message.topic, message.retain) == ("iot/gateway/activity", True)
     assert json.loads(message.payload)["reconnects"] == 2
+
+
+def test_lost_sessions_are_read_from_the_session() -> None:
+    lost = [0]
+    activity = Activity("iot/gateway/activity", "1.0", Clock(), session_lost=lambda: lost[0])
+    lost[0] = 2
+    assert activity.figures()["session_lost"] == 2
 
 
 def test_a_busy_minute_keeps_at_most_one_bucket_per_second() -> None:

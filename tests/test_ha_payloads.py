@@ -234,6 +234,7 @@ def test_the_gateway_device_has_diagnostic_entities_and_its_page() -> None:
         "commands_per_min",
         "errors_per_min",
         "reconnects",
+        "session_lost",
     }
     assert all(c["entity_category"] == "diagnostic" for c in components.values())
     connectivity = components["connectivity"]
@@ -241,9 +242,10 @@ def test_the_gateway_device_has_diagnostic_entities_and_its_page() -> None:
     assert (connectivity["payload_on"], connectivity["payload_off"]) == ("online", "offline")
     assert "availability" not in connectivity  # it shows offline, not unavailable
     figures = b'{"version": "1.2", "uptime_s": 5, "commands_per_min": 3, "errors_per_min": 1,'
-    figures += b' "reconnects": 2}'
+    figures += b' "reconnects": 2, "session_lost": 1}'
     assert render_value(components["commands_per_min"]["value_template"], figures) == "3"
     assert render_value(components["reconnects"]["value_template"], figures) == "2"
+    assert render_value(components["session_lost"]["value_template"], figures) == "1"
 
 
 def test_loopback_and_ipv6_pages() -> None:

@@ -73,11 +73,12 @@ class Health:
         """The report as a retained message."""
         return Outbound(self._topic, json.dumps(self.report()).encode(), retain=True)
 
-    async def republish(
-        self, interval: float, put: Callable[[Outbound], None], connected: Callable[[], bool]
-    ) -> None:
-        """Every ``interval`` seconds while connected, hand a fresh report to ``put``."""
+    async def republish(self, publish: Callable[[Outbound], None], interval: float) -> None:
+        """Hand a fresh report to ``publish`` every ``interval`` seconds.
+
+        ``publish`` may drop it while disconnected: the announcements after the
+        reconnect carry a fresh one.
+        """
         while True:
             await asyncio.sleep(interval)
-            if connected():  # after a reconnect, the announcements carry a fresh one
-                put(self.message())
+            publish(self.message())

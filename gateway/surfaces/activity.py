@@ -1,8 +1,9 @@
 """The gateway's activity in numbers, for Home Assistant's gateway device.
 
-Commands and failed results of the last minute, reconnects, uptime and
-version, as a retained JSON object on ``{base}/gateway/activity``: published on
-every connect and every ``interval`` seconds. Fed by the event stream.
+Commands and failed results of the last minute, reconnects, reconnects that
+found the broker had lost the gateway's session, uptime and version, as a
+retained JSON object on ``{base}/gateway/activity``: published on every
+connect and every ``interval`` seconds. Fed by the event stream.
 """
 
 from __future__ import annotations
@@ -32,18 +33,27 @@ class Figures(TypedDict):
     commands_per_min: int
     errors_per_min: int
     reconnects: int
+    session_lost: int
 
 
 class Activity:
     """Counts commands and errors per second over the last minute; counts reconnects."""
 
     def __init__(
-        self, topic: str, version: str, clock: Callable[[], float] = time.monotonic
+        self,
+        topic: str,
+        version: str,
+        clock: Callable[[], float] = time.monotonic,
+        session_lost: Callable[[], int] = lambda: 0,
     ) -> None:
-        """Publish on ``topic``; ``clock`` is monotonic seconds (tests pass their own)."""
+        """Publish on ``topic``; ``clock`` is monotonic seconds (tests pass their own).
+
+        ``session_lost`` reads the MQTT session's count of lost sessions.
+        """
         self.topic = topic
         self.version = version
         self._clock = clock
+        self._session_lost = session_lost
         self._started = clock()
         # One (second, commands, errors) per second that had any: at most WINDOW of them.
         self._seconds: collections.deque[list[int]] = collections.deque(maxlen=WINDOW)
@@ -74,6 +84,7 @@ class Activity:
             "commands_per_min": sum(bucket[1] for bucket in recent),
             "errors_per_min": sum(bucket[2] for bucket in recent),
             "reconnects": max(self._connects - 1, 0),
+            "session_lost": self._session_lost(),
         }
 
     def message(self) -> Outbound:

@@ -211,6 +211,10 @@ class Payloads:
                 state_class="measurement",
             ),
             "reconnects": reading("Reconnects", "reconnects", state_class="total_increasing"),
+            # Reconnects that found the broker had lost the session: commands may be lost.
+            "session_lost": reading(
+                "Sessions lost", "session_lost", state_class="total_increasing"
+            ),
         }
 
 
