@@ -62,8 +62,10 @@ class AiomqttTransport:
 
     ``mqtt.hosts`` are tried in order: a failed connect moves on to the next
     one (the session's backoff paces the attempts), a working one is kept.
-    With ``mqtt.protocol: auto``, each broker is offered MQTT 5 first and
-    3.1.1 when it refuses 5 or never answers; what worked is kept for it.
+    With ``mqtt.protocol: auto``, the broker is offered MQTT 5 first and 3.1.1
+    when it refuses 5 or never answers; what worked is kept, for every node
+    (the nodes of a cluster run one broker: a failover should not wait for
+    another MQTT 5 attempt to time out).
     """
 
     def __init__(
@@ -81,7 +83,7 @@ class AiomqttTransport:
         )
         self._nodes = settings.nodes
         self._node = 0  # index into _nodes: the broker in use, or to try next
-        self._learned: dict[int, str] = {}  # node -> the protocol `auto` settled on
+        self._learned: str | None = None  # the version `auto` settled on
 
     @property
     def address(self) -> str:
@@ -93,9 +95,12 @@ class AiomqttTransport:
         """One connection for the block (see ``gateway.transport.Transport``)."""
         try:
             client, link = await self._handshake(handler)
-        except TransportError:
+        except TransportError as exc:
+            if len(self._nodes) == 1:
+                raise
+            failed = self.address
             self._node = (self._node + 1) % len(self._nodes)  # the next broker, next time
-            raise
+            raise TransportError(f"{failed}: {exc}") from exc
         try:
             try:
                 _WritesInLoop(client)  # only now: paho sent the CONNECT from another thread
@@ -109,8 +114,7 @@ class AiomqttTransport:
 
     async def _handshake(self, handler: LinkHandler) -> tuple[aiomqtt.Client, _Link]:
         """CONNECT and CONNACK with the current broker, falling back to 3.1.1 if allowed."""
-        node = self._node
-        learned = self._learned.get(node)
+        learned = self._learned
         candidates = (learned,) if learned else _protocols(self._settings.protocol)
         why_not_5 = None
         for protocol in candidates:
@@ -128,13 +132,13 @@ class AiomqttTransport:
                     continue  # to 3.1.1, said once it works
                 raise TransportError(self._explain(exc, protocol, why_not_5)) from exc
             if learned is None and self._settings.protocol == "auto":
-                self._learned[node] = protocol  # a broker's version does not change under us
+                self._learned = protocol  # a broker's version does not change under us
                 self._say_chosen(why_not_5)
             return client, link
         raise AssertionError  # pragma: no cover - the last candidate returns or raises
 
     def _say_chosen(self, why_not_5: str | None) -> None:
-        """One line per broker: the version ``auto`` chose, and why not 5 if not."""
+        """One line: the version ``auto`` chose, and why not 5 if not."""
         if why_not_5 is None:
             log.info("MQTT: %s speaks MQTT 5: using it (mqtt.protocol: auto)", self.address)
             return

@@ -162,12 +162,13 @@ class MqttSession:
         if self._hinted or self._ever_connected or "refused" not in reason.lower():
             return
         self._hinted = True
+        several = len(self._settings.nodes) > 1
         log.warning(
             "MQTT: nothing accepts connections at %s. Is the broker running? "
             "Start it (`sudo systemctl start mosquitto`, or `mosquitto -v` in another "
             "terminal), or point mqtt.host and mqtt.port (or mqtt.hosts) at yours. "
             "Still retrying.",
-            self._transport.address,
+            "the address above" if several else self._transport.address,
         )
 
     async def _connection(self) -> str | None:
