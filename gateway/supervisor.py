@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from gateway.broker.aiomqtt_transport import AiomqttTransport
 from gateway.broker.leftovers import Leftovers
 from gateway.broker.session import MqttSession
+from gateway.broker.standby_group import StandbyGroup
 from gateway.core.events import AvailabilityChanged, ConnectionChanged, EventStream
 from gateway.core.health import Health
 from gateway.core.messages import Inbound, Outbound
@@ -43,8 +44,15 @@ BACKGROUND_STOP_TIMEOUT = 5.0
 class Gateway:
     """Devices, dispatcher, MQTT session, HTTP and systemd: started and stopped together."""
 
-    def __init__(self, config: Config, registry: AdapterRegistry) -> None:
-        """Build every part; nothing runs until ``serve``."""
+    def __init__(
+        self, config: Config, registry: AdapterRegistry, *, step_down_on_loss: bool = False
+    ) -> None:
+        """Build every part; nothing runs until ``serve``.
+
+        With ``step_down_on_loss`` (an instance of a standby group), a failed or
+        lost broker connection ends ``serve`` instead of being retried, and
+        ``stepped_down`` says why.
+        """
         self.config = config
         settings = config.settings
         self.topics = Topics(settings.mqtt.base_topic, settings.mqtt.response_prefix)
@@ -62,8 +70,17 @@ class Gateway:
             will_topic=self.topics.status,
             max_payload_bytes=settings.gateway.max_payload_bytes,
         )
+        self._in_group = step_down_on_loss
+        self.stepped_down: str | None = None
+        """Why the gateway gave up its session (standby groups only), or None."""
         self.session = MqttSession(
-            settings.mqtt, self.topics, self.outbox, self, transport, watch=watched
+            settings.mqtt,
+            self.topics,
+            self.outbox,
+            self,
+            transport,
+            watch=watched,
+            on_lost=self._step_down if step_down_on_loss else None,
         )
         self.health = Health(
             self.topics, instance=settings.gateway.instance, version=_version(), link=self.session
@@ -193,12 +210,19 @@ class Gateway:
 
     # -- lifecycle ----------------------------------------------------------------
 
+    def _step_down(self, reason: str) -> None:
+        """The session is gone for good (another instance may hold it): stop at once."""
+        self.stepped_down = reason
+        self.should_exit.set()
+
     def handle_exit(self, sig: int | None = None) -> None:
         """Signal handler: the first asks for a graceful stop, a second forces it."""
         self._signals += 1
         name = signal.Signals(sig).name if sig else "request"
         if self._signals == 1:
             log.info("%s received: shutting down (send again to force)", name)
+            if self._in_group:  # the next active answers what comes from now on
+                self.session.stop_taking()
             self.should_exit.set()
         else:
             log.warning(
@@ -276,6 +300,12 @@ class Gateway:
     async def _shutdown(self, session: asyncio.Task[None]) -> None:
         self.systemd.stopping("stopping: finishing running commands, then going offline")
         self._changed.set()  # the readiness watcher, if still waiting, gives up
+        if self.stepped_down is not None:
+            # Another instance may be executing already: cancel what runs now. No
+            # `offline`: the status is the new active's (and nothing would carry it).
+            await self.core.drain(grace=0)
+            session.cancel()
+            return
         await self.core.drain()  # every command and scene is answered by now
         self.outbox.put(Outbound(self.topics.status, b"offline", retain=True))
         self.outbox.close()
@@ -302,11 +332,42 @@ def _version() -> str:
         return "unknown"
 
 
-def install_signal_handlers(gateway: Gateway) -> None:
-    """SIGTERM and SIGINT ask the gateway to stop."""
+def install_signal_handlers(gateway: Gateway | StandbyGroup) -> None:
+    """SIGTERM and SIGINT ask the gateway (or the group's instance) to stop."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.handle_exit, sig)
+
+
+async def serve_in_group(config: Config, registry: AdapterRegistry) -> None:
+    """Run as one instance of a standby group (``standby.enabled``) until a signal.
+
+    While standby, only the group's watcher runs; each turn as active is a
+    fresh ``Gateway`` (devices opened, journal reopened), ended by a signal or
+    by losing its session.
+    """
+    settings = config.settings
+    topics = Topics(settings.mqtt.base_topic, settings.mqtt.response_prefix)
+    group = StandbyGroup(settings, topics, version=_version())
+    install_signal_handlers(group)
+
+    async def serve_active() -> str | None:
+        gateway = Gateway(config, registry, step_down_on_loss=True)
+        gateway.events.subscribe(
+            lambda event: (
+                group.active_connected()
+                if isinstance(event, ConnectionChanged) and event.connected
+                else None
+            )
+        )
+        group.exit_active = gateway.handle_exit
+        try:
+            await gateway.serve()
+        finally:
+            group.exit_active = None
+        return gateway.stepped_down
+
+    await group.run(serve_active)
 
 
 @contextlib.asynccontextmanager

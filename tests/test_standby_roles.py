@@ -13,7 +13,9 @@ DELAY = 2.0
 
 
 def machine(name: str = "b", *, now: float = 0.0) -> RoleMachine:
-    return RoleMachine(name, takeover_delay=DELAY, now=now)
+    roles = RoleMachine(name, takeover_delay=DELAY, now=now)
+    roles.watching(connected=True, now=now)
+    return roles
 
 
 def active_elsewhere(roles: RoleMachine, who: str = "a", now: float = 0.0) -> None:
@@ -27,6 +29,26 @@ def test_a_lone_instance_with_no_status_takes_over_after_watching() -> None:
     assert roles.takeover_at() == DELAY  # it watches first: a peer started with it shows up
     assert not roles.may_take_over(DELAY - 0.1)
     assert roles.may_take_over(DELAY)
+
+
+def test_nothing_is_decided_blind_and_a_reconnected_watcher_watches_again() -> None:
+    roles = RoleMachine("a", takeover_delay=DELAY, now=0.0)
+    assert not roles.may_take_over(100.0)  # the watcher never connected
+    roles.watching(connected=True, now=100.0)
+    assert roles.takeover_at() == 100.0 + DELAY
+    roles.watching(connected=False, now=101.0)
+    assert not roles.may_take_over(1000.0)
+    roles.watching(connected=True, now=1000.0)
+    assert roles.takeover_at() == 1000.0 + DELAY
+
+
+def test_a_peer_saying_it_is_active_holds_back_until_its_will_clears_it() -> None:
+    roles = machine()
+    roles.saw_status("offline", 0.0)
+    roles.saw_peer("a", PeerState.ACTIVE, 0.0)
+    assert not roles.eligible
+    roles.saw_peer("a", None, 1.0)
+    assert roles.takeover_at() == DELAY
 
 
 def test_no_takeover_while_another_instance_is_active() -> None:
@@ -84,8 +106,10 @@ def test_its_own_record_is_not_a_peer() -> None:
 def test_becoming_active_then_stepping_down() -> None:
     roles = machine("a")
     assert roles.may_take_over(DELAY)
+    assert roles.record() == "standby"
     assert "now active" in roles.became_active(DELAY)
     assert roles.role is Role.ACTIVE
+    assert roles.record() == "active"
     assert roles.since == DELAY
     assert not roles.eligible  # an active never takes over again
     line = roles.stepped_down("session taken over", 30.0)

@@ -33,7 +33,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.broker.transport import TransportError
+from gateway.broker.transport import SessionTakenOverError, TransportError
 from gateway.core.messages import Inbound
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.1.2.11.3: the most unacknowledged QoS 1 me
 # the dispatcher and gets its `payload_too_large` answer.
 PACKET_HEADROOM = 256 * 1024
 UNSUPPORTED_PROTOCOL_VERSION = 132  # CONNACK reason (MQTT 5 §3.2.2.2)
+SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason (MQTT 5 §3.14.2.1)
 # aiomqtt 2.5's text when a call (here: the CONNACK) did not come in time;
 # tests/test_transport_pins.py pins it.
 AIOMQTT_TIMEOUT = "Operation timed out"
@@ -219,6 +220,13 @@ def _refused_v5(exc: aiomqtt.MqttError) -> str | None:
     return None
 
 
+def _reason(exc: aiomqtt.MqttError) -> int | None:
+    """The reason code a CONNACK or DISCONNECT gave, if the error carries one."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return None
+    return exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -251,6 +259,18 @@ class _Link:
                 aiomqtt_on_connect(paho, userdata, flags, *rest)
 
         self._paho.on_connect = on_connect
+        aiomqtt_on_disconnect: Any = self._paho.on_disconnect
+        # aiomqtt's error does not carry a server DISCONNECT's reason. (Mosquitto
+        # 2.0.11 closes a taken-over connection before its 0x8E is read: there
+        # the takeover looks like any lost connection.)
+        self._disconnect_reason: int | None = None
+
+        def on_disconnect(paho: Any, userdata: Any, flags: Any, reason: Any, *rest: Any) -> None:  # noqa: ANN401
+            self._disconnect_reason = reason.value if isinstance(reason, ReasonCode) else reason
+            if aiomqtt_on_disconnect is not None:
+                aiomqtt_on_disconnect(paho, userdata, flags, reason, *rest)
+
+        self._paho.on_disconnect = on_disconnect
         self._handler: LinkHandler | None = handler
         self._paho.manual_ack_set(on=True)
         self._paho.on_message = self._on_message
@@ -337,6 +357,10 @@ class _Link:
             async for _ in self._client.messages:
                 pass
         except aiomqtt.MqttError as exc:
+            if SESSION_TAKEN_OVER in {_reason(exc), self._disconnect_reason}:
+                raise SessionTakenOverError(
+                    "session taken over (MQTT 5 DISCONNECT reason 0x8E)"
+                ) from exc
             raise TransportError(str(exc) or type(exc).__name__) from exc
 
     def _on_message(self, _paho: Any, _userdata: Any, message: MQTTMessage) -> None:  # noqa: ANN401
@@ -465,8 +489,8 @@ class ToolClient:
         if any(code >= 0x80 for code in codes):  # noqa: PLR2004 - MQTT 5 §3.9.3 failure codes
             raise SubscribeRefusedError(topic_filter, codes)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish at QoS 1 and wait for the broker's acknowledgement.
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 (retained if asked) and wait for the broker's acknowledgement.
 
         Raises:
             PublishRefusedError: the broker refused it (MQTT 5 only: a 3.1.1 broker
@@ -474,7 +498,7 @@ class ToolClient:
             ConnectionError: the connection is gone, or no acknowledgement came.
         """
         waiting: asyncio.Future[ReasonCode | None] = asyncio.get_running_loop().create_future()
-        info = self._paho.publish(topic, payload, qos=1)
+        info = self._paho.publish(topic, payload, qos=1, retain=retain)
         if info.rc != MQTT_ERR_SUCCESS:
             raise ConnectionError(f"could not publish to {topic!r}: connection lost")
         # The PUBACK is read on this loop, so it cannot arrive before this line.
@@ -533,6 +557,56 @@ async def tool_client(settings: MqttSettings) -> AsyncIterator[ToolClient]:
                 with contextlib.suppress(aiomqtt.MqttError):
                     await client.__aexit__(None, None, None)
             return
+    raise ConnectionError(f"cannot connect to {'; '.join(problems)}")
+
+
+@contextlib.asynccontextmanager
+async def watcher_client(
+    settings: MqttSettings,
+    *,
+    client_id: str,
+    login: tuple[str | None, str | None],
+    will_topic: str,
+) -> AsyncIterator[ToolClient]:
+    """A standby's watcher: its own client id and persistent session, MQTT 5.
+
+    ``login`` is its username and password; if the connection dies, the broker
+    clears the retained ``will_topic`` (an empty will).
+
+    Raises:
+        ConnectionError: no broker can be reached, or one refused the login.
+    """
+    problems = []
+    for host, port in settings.nodes:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = settings.session_expiry
+        client = aiomqtt.Client(
+            host,
+            port,
+            username=login[0],
+            password=login[1],
+            identifier=client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=properties,
+            will=aiomqtt.Will(will_topic, b"", qos=1, retain=True),
+            keepalive=settings.keepalive,
+            timeout=min(CALL_TIMEOUT, 1.5 * settings.keepalive),
+            tls_context=_tls_context(settings),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            logger=logging.getLogger("gateway.broker.aiomqtt_transport.client"),
+        )
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            problems.append(f"{_address(host, port)}: {exc}")
+            continue
+        try:
+            yield ToolClient(client)
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+        return
     raise ConnectionError(f"cannot connect to {'; '.join(problems)}")
 
 

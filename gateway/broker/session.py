@@ -21,7 +21,7 @@ from gateway.broker.transport import TransportError
 from gateway.core.backoff import Backoff
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from gateway.broker.transport import Link, Transport
     from gateway.config import MqttSettings
@@ -93,12 +93,17 @@ class MqttSession:
         transport: Transport,
         *,
         watch: Sequence[str] = (),
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         """Nothing connects until ``run``.
 
         ``watch`` are further topic filters to read, retained messages included
         (the gateway's own device list, Home Assistant's status and configs).
+        With ``on_lost``, a failed or lost connection is not retried: ``run``
+        tells it why and returns (an active instance of a standby group steps
+        down instead of taking the client id back).
         """
+        self._on_lost = on_lost
         self._settings = settings
         self._topics = topics
         self._outbox = outbox
@@ -110,6 +115,7 @@ class MqttSession:
         self._in_flight: dict[Outbound, None] = {}
         self._window = PublishWindow(settings.max_inflight)
         self._acks: AckWindow | None = None  # the current connection's
+        self._taking = True  # False once stopping in a standby group: see stop_taking
         self._redeliveries = Redeliveries()
         self._refused_topics: set[str] = set()
         self._reconnects = 0
@@ -151,6 +157,9 @@ class MqttSession:
                     where,
                     len(self._outbox),
                 )
+                return
+            if self._on_lost is not None:
+                self._on_lost(reason)
                 return
             delay = self._backoff.next_delay()
             log.warning("MQTT: %s; reconnecting to %s in %.1f s", reason, where, delay)
@@ -206,6 +215,14 @@ class MqttSession:
                 self._redeliveries.expect(*self._acks.close())
             self._acks = None
 
+    def stop_taking(self) -> None:
+        """Take no more messages: what arrives from now on stays in the session, unanswered.
+
+        A standby group's active calls it as it stops, so commands sent during
+        its drain go to the next active instead of being answered ``cancelled``.
+        """
+        self._taking = False
+
     def _check_session(self, link: Link) -> None:
         """Count the reconnect; say loudly when the broker lost our session."""
         again = self._ever_connected
@@ -256,6 +273,8 @@ class MqttSession:
         """Each message as it is read, in order; a bug here must not end the session."""
         acks = self._acks
         delivery: Delivery | None = None
+        if not self._taking:  # unacknowledged: the broker keeps it for the next active
+            return
         try:
             if qos == 0:
                 self._handler.on_message(message)

@@ -3,15 +3,16 @@
 Every instance of the group watches the same retained topics: ``gateway/status``
 (the active's ``online``, or ``offline`` from its will or clean shutdown),
 ``gateway/health`` (whose ``instance`` names the active) and one record per
-other instance (``standby``, ``taking_over``, or gone). ``RoleMachine`` turns
+other instance (``standby``, ``taking_over``, ``active``, or gone). ``RoleMachine`` turns
 what was seen into one answer: whether, and from when, this instance may take
 over. The broker settles the rest: only one connection holds the shared
 client id.
 
 The rules, each against a failure:
 
-- only on ``offline`` (or no status at all), never while another instance is
-  ``taking_over``: no split brain while the active is alive or one is starting;
+- only on ``offline`` (or no status at all), never blind, never while another
+  instance's record says ``taking_over`` or ``active`` (a dead one's will
+  clears it): no split brain while the active is alive or one is starting;
 - standbys take turns by instance name, ``takeover_delay`` apart, and a first
   decision waits ``takeover_delay`` after start, so two started together see
   each other: exactly one goes;
@@ -39,6 +40,7 @@ class PeerState(enum.Enum):
 
     STANDBY = "standby"
     TAKING_OVER = "taking_over"
+    ACTIVE = "active"
 
 
 class RoleMachine:
@@ -54,11 +56,22 @@ class RoleMachine:
         self._status: str | None = None  # no retained status seen: none was ever published
         self._active: str | None = None  # the instance the last health report names
         self._peers: dict[str, PeerState] = {}
+        self._watching = False  # blind until the watcher has read the retained topics
         self._watch_until = now + takeover_delay
         self._stepped_down = False
         self._eligible_since: float | None = now
 
     # -- what the watcher saw -----------------------------------------------------
+
+    def watching(self, *, connected: bool, now: float) -> None:
+        """The watcher (re)connected and subscribed, or lost its connection.
+
+        A standby decides nothing blind, nor before ``takeover_delay`` of
+        watching: the retained records of peers started with it arrive meanwhile.
+        """
+        self._watching = connected
+        if connected:
+            self._watch_until = now + self._delay
 
     def saw_status(self, payload: str | None, now: float) -> None:
         """``gateway/status`` is ``payload`` (None: cleared)."""
@@ -104,8 +117,8 @@ class RoleMachine:
         """A standby that sees no live active and no other instance taking over."""
         if self.role is not Role.STANDBY:
             return False
-        if PeerState.TAKING_OVER in self._peers.values():
-            return False
+        if any(state is not PeerState.STANDBY for state in self._peers.values()):
+            return False  # one is on its way, or says it is active: its will clears that
         if self._status is None or self._status == "offline":
             return True
         # An `online` only this instance could have left: its own, from before.
@@ -113,7 +126,7 @@ class RoleMachine:
 
     def takeover_at(self) -> float:
         """When this instance may take over if nothing changes (``inf``: not now)."""
-        if self._eligible_since is None or not self.eligible:
+        if not self._watching or self._eligible_since is None or not self.eligible:
             return math.inf
         start = max(self._eligible_since, self._watch_until)
         return start + self.rank() * self._delay
@@ -132,6 +145,10 @@ class RoleMachine:
         if self._stepped_down:
             return len(self._peers) + 1
         return sum(name < self.instance for name in self._peers)
+
+    def record(self) -> str:
+        """What this instance's own retained record says."""
+        return self.role.value
 
     def active_instance(self) -> str | None:
         """The instance the health report names, while the status is ``online``."""

@@ -22,6 +22,10 @@ class TransportError(Exception):
     """The connection could not be made, or it was lost; the text says why."""
 
 
+class SessionTakenOverError(TransportError):
+    """Another connection took the client id (MQTT 5 DISCONNECT reason 0x8E)."""
+
+
 class LinkHandler(Protocol):
     """What a connection calls back into, on the event loop's thread."""
 

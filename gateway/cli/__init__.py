@@ -27,7 +27,7 @@ from gateway.config import (
 )
 from gateway.core.logs import setup_logging
 from gateway.core.registry import AdapterRegistry
-from gateway.supervisor import Gateway, install_signal_handlers
+from gateway.supervisor import Gateway, install_signal_handlers, serve_in_group
 from gateway.surfaces.http import HttpServerError
 
 if TYPE_CHECKING:
@@ -218,6 +218,10 @@ def _startup_error(exc: BaseException) -> HttpServerError | None:
 
 
 async def _serve(config: Config) -> None:
+    if config.settings.standby.enabled:
+        gc.enable()  # a standby may never start its devices: collect from the start
+        await serve_in_group(config, AdapterRegistry.from_entry_points())
+        return
     gateway = Gateway(config, AdapterRegistry.from_entry_points())
     install_signal_handlers(gateway)
     collector = asyncio.create_task(_collect_after_start(gateway))

@@ -252,6 +252,18 @@ class HomeAssistantSettings(_Section):
     """Seconds between updates of the gateway's diagnostic figures."""
 
 
+class StandbySettings(_Section):
+    """Hot standby (README "Hot standby"): instances with one configuration, one active."""
+
+    enabled: bool = False
+    takeover_delay: float = Field(default=2, gt=0)
+    """Seconds between standbys' turns to take over, and the watch before a first one."""
+    username: str | None = None
+    """The watcher connection's login (default: ``mqtt.username``)."""
+    password: SecretStr | None = None
+    """Its password (default: ``mqtt.password``)."""
+
+
 class LoggingSettings(_Section):
     """Log level and line format (both go to stderr)."""
 
@@ -274,6 +286,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     http: HttpSettings | None = None
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    standby: StandbySettings = StandbySettings()
     logging: LoggingSettings = LoggingSettings()
     devices: tuple[dict[str, Any], ...] = ()
     scenes: dict[str, Scene] = {}

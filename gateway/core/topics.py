@@ -36,6 +36,20 @@ class Topics:
         """The retained health report (contract 12)."""
         return f"{self.base}/{GATEWAY}/health"
 
+    def standby_record(self, instance: str) -> str:
+        """An instance's retained role record in a standby group (README "Hot standby")."""
+        return f"{self.base}/{GATEWAY}/standby/{instance}"
+
+    @property
+    def standby_records(self) -> str:
+        """Every instance's role record."""
+        return f"{self.base}/{GATEWAY}/standby/+"
+
+    @property
+    def results(self) -> str:
+        """Every device's (and the gateway's) result topic."""
+        return f"{self.base}/+/result"
+
     @property
     def scenes(self) -> str:
         """The retained list of scenes."""
