@@ -23,6 +23,7 @@ from gateway.surfaces.activity import Activity
 from gateway.surfaces.homeassistant import Discovery, device_info, http_page
 from gateway.surfaces.http import HttpServer
 from gateway.surfaces.metrics import Metrics
+from gateway.surfaces.standby import RoleCollector, StandbyHttp
 from gateway.surfaces.systemd import Notifier
 
 if TYPE_CHECKING:
@@ -342,17 +343,22 @@ def install_signal_handlers(gateway: Gateway | StandbyGroup) -> None:
 async def serve_in_group(config: Config, registry: AdapterRegistry) -> None:
     """Run as one instance of a standby group (``standby.enabled``) until a signal.
 
-    While standby, only the group's watcher runs; each turn as active is a
-    fresh ``Gateway`` (devices opened, journal reopened), ended by a signal or
-    by losing its session.
+    While standby, only the group's watcher runs, with HTTP (``/readyz`` says
+    standby) and systemd's notifications; each turn as active is a fresh
+    ``Gateway`` (devices opened, journal reopened), ended by a signal or by
+    losing its session.
     """
     settings = config.settings
     topics = Topics(settings.mqtt.base_topic, settings.mqtt.response_prefix)
     group = StandbyGroup(settings, topics, version=_version())
     install_signal_handlers(group)
+    notifier = Notifier()
+    standby_http = StandbyHttp(config.settings.http, group)
 
     async def serve_active() -> str | None:
+        await standby_http.stop()  # the gateway's own server takes the port
         gateway = Gateway(config, registry, step_down_on_loss=True)
+        gateway.metrics.registry.register(RoleCollector(group.roles))
         gateway.events.subscribe(
             lambda event: (
                 group.active_connected()
@@ -365,9 +371,27 @@ async def serve_in_group(config: Config, registry: AdapterRegistry) -> None:
             await gateway.serve()
         finally:
             group.exit_active = None
+        if gateway.stepped_down is not None:
+            await standby_http.start()
         return gateway.stepped_down
 
-    await group.run(serve_active)
+    async with asyncio.TaskGroup() as tasks:
+        standby_http.tasks = tasks
+        await standby_http.start()
+        if notifier.enabled:
+            tasks.create_task(notifier.run(), name="systemd")
+            tasks.create_task(_ready_when_watching(group, notifier), name="readiness")
+        try:
+            await group.run(serve_active)
+        finally:
+            await standby_http.stop()
+            notifier.close()
+
+
+async def _ready_when_watching(group: StandbyGroup, notifier: Notifier) -> None:
+    """A standby is started once it watches: systemd gets ``READY=1`` then."""
+    await group.watching.wait()
+    notifier.ready(f"instance {group.instance} of a standby group: watching")
 
 
 @contextlib.asynccontextmanager

@@ -9,8 +9,10 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import aiomqtt
 
+from tests.broker import free_port
 from tests.conftest import config_data, gateway_process
 from tests.test_reliability import COUNTER, ids, results_by_id
 
@@ -56,6 +58,17 @@ def group(
             )
             for name in names
         }
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from an instance's HTTP server, retried while it (re)binds."""
+    async with asyncio.timeout(10), aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+                    return response.status, await response.text()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
 
 
 def is_record(name: str, role: str) -> Callable[[Received], bool]:
@@ -132,9 +145,19 @@ async def test_the_active_killed_mid_stream_the_standby_answers_every_id_once(
 async def test_a_planned_handover_sigterm_then_the_standby_answers(
     broker: Broker, probe: Probe, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
 ) -> None:
-    with group(broker, tmp_path, write_config, "a", "b") as instances:
+    port = free_port()
+    http = {"host": "127.0.0.1", "port": port}
+    b_config = write_config(instance_config(broker, tmp_path, "b", http=http))
+    with group(broker, tmp_path, write_config, "a") as instances, gateway_process(b_config) as b:
+        instances["b"] = b
         await first_active(probe, "a")
         await probe.wait_for(is_record("b", "standby"))
+        # A standby is alive, not ready: probes send traffic to the active.
+        assert (await http_get(port, "/healthz"))[0] == 200
+        status, body = await http_get(port, "/readyz")
+        assert (status, json.loads(body)["reason"]) == (503, "standby: instance a is active")
+        metrics = (await http_get(port, "/metrics"))[1]
+        assert "iot_gateway_active 0.0" in metrics
         before = await probe.command("c", {"action": "increment"})
         instances["a"].send_signal(signal.SIGTERM)
         stopped_at, mark = time.monotonic(), len(probe.messages)
@@ -142,14 +165,25 @@ async def test_a_planned_handover_sigterm_then_the_standby_answers(
         for command_id in sent:  # they wait in the session for the next active
             await probe.publish("iot/c/command", {"action": "increment", "id": command_id})
         assert await instances["a"].wait(10) == 0
-        await probe.wait_for(is_active("b"), since=mark, timeout=FAILOVER_BOUND)
+        took_over = await probe.wait_for(is_active("b"), since=mark, timeout=FAILOVER_BOUND)
         handover = time.monotonic() - stopped_at
         results = [await probe.result("c", cid, since=mark) for cid in sent]
         assert "now active" in instances["b"].log()
+        assert (await http_get(port, "/readyz"))[0] == 200
+        metrics = (await http_get(port, "/metrics"))[1]
+        assert "iot_gateway_active 1.0" in metrics
+        assert 'iot_gateway_role_changes_total{role="active"} 1.0' in metrics
     assert before["status"] == "ok"
     errors = [r for r in results if r["status"] != "ok"]
     assert not errors, errors
-    assert [r["state"]["count"] for r in results] == list(range(1, len(sent) + 1))
+    # a answered what it took before the signal, b the rest: each counter counted once.
+    b_mark = probe.messages.index(took_over[0])
+    by_b = {m.json["id"] for m in probe.messages[b_mark:] if m.topic == "iot/c/result"}
+    by_a = [r["state"]["count"] for r in results if r["id"] not in by_b]
+    assert by_a == list(range(2, 2 + len(by_a)))
+    by_b_counts = [r["state"]["count"] for r in results if r["id"] in by_b]
+    assert by_b_counts == list(range(1, len(by_b_counts) + 1))
+    assert by_b_counts, "b answered nothing"
     assert handover < FAILOVER_BOUND
     print(f"planned handover took {handover:.2f} s")  # noqa: T201
 

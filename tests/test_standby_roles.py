@@ -116,6 +116,7 @@ def test_becoming_active_then_stepping_down() -> None:
     assert "stepped down" in line
     assert "session taken over" in line
     assert (roles.role, roles.since) == (Role.STANDBY, 30.0)
+    assert roles.changes == {Role.ACTIVE: 1, Role.STANDBY: 1}
 
 
 def test_a_stepped_down_instance_never_takes_the_session_straight_back() -> None:

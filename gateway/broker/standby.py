@@ -60,6 +60,8 @@ class RoleMachine:
         self._watch_until = now + takeover_delay
         self._stepped_down = False
         self._eligible_since: float | None = now
+        self.changes = dict.fromkeys(Role, 0)
+        """How many times this instance became each role."""
 
     # -- what the watcher saw -----------------------------------------------------
 
@@ -98,6 +100,7 @@ class RoleMachine:
     def became_active(self, now: float) -> str:
         """It connected with the shared client id; the log line to write."""
         self.role, self.since = Role.ACTIVE, now
+        self.changes[Role.ACTIVE] += 1
         self._stepped_down = False
         self._eligible_since = None
         return f"standby: instance {self.instance} is now active"
@@ -105,6 +108,7 @@ class RoleMachine:
     def stepped_down(self, reason: str, now: float) -> str:
         """It lost the session (taken over, or the connection); the log line to write."""
         self.role, self.since = Role.STANDBY, now
+        self.changes[Role.STANDBY] += 1
         self._stepped_down = True
         self._eligible_since = None
         self._update(now)

@@ -73,7 +73,9 @@ class StandbyGroup:
         self._client: ToolClient | None = None
         self._tasks: asyncio.TaskGroup | None = None  # run()'s, for records said in passing
         self._journal: Journal | None = None
-        self._since = time.time()
+        self._since = time.time()  # of the current role, for the record
+        self.watching = asyncio.Event()
+        """Set once the watcher has read the group's retained topics (a standby is up)."""
         self.exit_active: Callable[[int | None], None] | None = None
         """While active: the gateway's own signal handler."""
 
@@ -106,6 +108,7 @@ class StandbyGroup:
                     if reason is None or self._stop.is_set():
                         break
                     log.warning(self.roles.stepped_down(reason, time.monotonic()))
+                    self._since = time.time()
                     await self._open_journal()
                     await self._say(self.roles.record())
             finally:
@@ -117,7 +120,15 @@ class StandbyGroup:
             await self._journal.close()
             self._journal = None
         log.info(self.roles.became_active(time.monotonic()))
+        self._since = time.time()
         return await serve_active()
+
+    def not_ready_reason(self) -> str:
+        """What a standby's ``/readyz`` says: it serves nothing, the active does."""
+        active = self.roles.active_instance()
+        if active is None:
+            return f"standby: instance {self.instance} is waiting for its turn; no active instance"
+        return f"standby: instance {active} is active"
 
     async def _wait_for_turn(self) -> bool:
         """Until it is this instance's turn (True), or a signal (False)."""
@@ -186,6 +197,7 @@ class StandbyGroup:
         self._client = client
         await self._say(self.roles.record())
         self.roles.watching(connected=True, now=time.monotonic())
+        self.watching.set()
         self._news.set()
         async for message in client.messages():
             self._seen(message)
