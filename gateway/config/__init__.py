@@ -30,6 +30,7 @@ from gateway.config.checks import (
     DEVICE_ID,
     check_device_graph,
     check_scenes,
+    check_standby,
     describe_errors,
     validate_devices,
 )
@@ -348,6 +349,10 @@ def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
     problems += check_device_graph(devices, entries)
     scenes = settings.scenes if settings else _raw_scenes(raw)
     problems += check_scenes(scenes, devices, registry)
+    if settings is not None:
+        problems += check_standby(
+            enabled=settings.standby.enabled, instance=settings.gateway.instance
+        )
     if problems or settings is None:
         raise ConfigError(overrides.name_origins(problems))
     return Config(settings=_with_password(settings, password), devices=tuple(devices.values()))

@@ -133,3 +133,17 @@ def check_scenes(
     for name, scene in scenes.items():
         problems += check_steps(scene.steps, devices, registry, where=f"scenes.{name}.steps")
     return problems
+
+
+TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_standby(*, enabled: bool, instance: str) -> list[str]:
+    """In a standby group, the instance name is a topic segment (its role record's)."""
+    if not enabled or TOPIC_SEGMENT.match(instance):
+        return []
+    problem = (
+        f"gateway.instance: {instance!r} cannot name a standby group's instance: use "
+        "letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)"
+    )
+    return [problem]
