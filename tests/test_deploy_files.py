@@ -469,7 +469,7 @@ def test_compose_broker_waits_for_its_password_file() -> None:
     # Every user the ACL names gets a password.
     acl = host_file("mosquitto", listener_option(CLIENT_PORT, "acl_file"))
     users = [d[1] for d in directives(acl) if d[0] == "user"]
-    assert users == ["gateway", "client", "watcher"]
+    assert users == ["gateway", "client", "watcher", "standby-a", "standby-b"]
     for user in users:
         assert re.search(rf"mosquitto_passwd .*-b \S+ {user} ", script), user
 

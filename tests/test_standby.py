@@ -6,15 +6,27 @@ import asyncio
 import contextlib
 import json
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import aiomqtt
+import pytest
 
 from tests.broker import free_port
 from tests.conftest import config_data, gateway_process
 from tests.test_reliability import COUNTER, ids, results_by_id
+from tests.test_security import (
+    MOSQUITTO_PASSWD,
+    Pki,
+    SecureBroker,
+    gateway_data,
+    login,
+    pki,  # noqa: F401 - the fixture, used by shipped_broker
+    result_for,
+    write_yaml,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -221,3 +233,56 @@ async def test_an_active_whose_session_is_taken_over_steps_down(
         # Mosquitto 2.0 closes the socket before its 0x8E can be read: any reason will do.
         assert "instance a stepped down to standby" in instances["a"].log()
         assert "now active" not in instances["b"].log()
+
+
+@pytest.fixture
+def shipped_broker(tmp_path: Path, pki: Pki) -> Iterator[SecureBroker]:  # noqa: F811
+    """mosquitto/secure/ as shipped, with the pair's watcher logins (the gateway's password)."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    broker = SecureBroker(workdir, pki)
+    for user in ("standby-a", "standby-b"):
+        broker.passwords[user] = broker.passwords["gateway"]
+        passwd = [MOSQUITTO_PASSWD, "-b", str(broker.passwd_file), user, broker.passwords[user]]
+        subprocess.run(passwd, check=True, capture_output=True)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def test_a_pair_on_the_shipped_broker_with_a_watcher_login_each(
+    shipped_broker: SecureBroker, tmp_path: Path
+) -> None:
+    """Client ids are logins there: each watcher logs in as itself, the active as `gateway`."""
+    broker = shipped_broker
+
+    def instance(name: str) -> Path:
+        data = gateway_data(
+            broker,
+            mqtt={"keepalive": KEEPALIVE, "password": broker.passwords["gateway"]},
+            gateway={"instance": name, "journal": str(tmp_path / f"journal-{name}.sqlite3")},
+            standby={"enabled": True, "takeover_delay": 0.5, "username": f"standby-{name}"},
+        )
+        return write_yaml(tmp_path / f"{name}.yaml", data)
+
+    async with login(broker, "client") as client:
+        await client.subscribe("iot/#")
+        with gateway_process(instance("a")) as a, gateway_process(instance("b")) as b:
+            await client.wait_for(lambda m: m.topic == HEALTH and b'"instance": "a"' in m.payload)
+            await client.wait_for(
+                lambda m: m.topic.endswith("/standby/b") and b"standby" in m.payload
+            )
+            a.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await client.wait_for(
+                lambda m: m.topic == HEALTH and b'"instance": "b"' in m.payload,
+                timeout=FAILOVER_BOUND,
+            )
+            await client.publish("iot/light/command", json.dumps({"action": "turn_on", "id": "1"}))
+            result = json.loads((await client.wait_for(result_for("1"))).payload)
+            answered_in = time.monotonic() - killed_at
+            assert "not authorized" not in b.log().lower(), b.log()
+    assert result["status"] == "ok", result
+    assert answered_in < FAILOVER_BOUND
