@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from tests.broker import free_port
 from tests.conftest import config_data, gateway_process
+from tests.faultproxy import FaultProxy
 from tests.test_reliability import COUNTER, ids, results_by_id
 from tests.test_security import (
     MOSQUITTO_PASSWD,
@@ -25,6 +27,7 @@ from tests.test_security import (
     login,
     pki,  # noqa: F401 - the fixture, used by shipped_broker
     result_for,
+    wait_for_log,
     write_yaml,
 )
 
@@ -286,3 +289,48 @@ async def test_a_pair_on_the_shipped_broker_with_a_watcher_login_each(
             assert "not authorized" not in b.log().lower(), b.log()
     assert result["status"] == "ok", result
     assert answered_in < FAILOVER_BOUND
+
+
+def logged_at(process: GatewayProcess, fragment: str) -> list[float]:
+    """When ``process`` logged lines containing ``fragment`` (Unix time, from the log)."""
+    times = []
+    for line in process.log().splitlines():
+        if fragment in line:
+            # Naive local time: both logs come from this host's clock.
+            stamp = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: DTZ007
+            times.append(stamp.timestamp())
+    return times
+
+
+async def test_a_partitioned_active_steps_down_and_stays_standby_once_healed(
+    broker: Broker, probe: Probe, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    """a is cut off (a black hole): b takes over, a steps down within the bound."""
+    async with FaultProxy(broker.port) as proxy:
+        a_data = instance_config(broker, tmp_path, "a")
+        a_data["mqtt"]["port"] = proxy.port
+        with gateway_process(write_config(a_data)) as a:
+            await first_active(probe, "a")
+            with gateway_process(write_config(instance_config(broker, tmp_path, "b"))) as b:
+                await probe.wait_for(is_record("b", "standby"))
+                proxy.blackhole()
+                cut_at, mark = time.monotonic(), len(probe.messages)
+                # The broker hears nothing from a: after 1.5 keepalives (Mosquitto 2.0
+                # checks every few seconds: 7-8 s here), a's wills.
+                await probe.wait_for(is_active("b"), since=mark, timeout=20)
+                failover = time.monotonic() - cut_at
+                answer = await probe.command("c", {"action": "increment"})
+                assert answer["status"] == "ok"
+                await wait_for_log(a, "instance a stepped down", timeout=2 * FAILOVER_BOUND)
+                await proxy.heal()
+                # a's watcher comes back, sees b active, and a stays standby.
+                await probe.wait_for(is_record("a", "standby"), since=mark, timeout=20)
+                await asyncio.sleep(3 * 0.5 * 2)  # every turn, twice over
+                assert len(logged_at(a, "is now active")) == 1
+                assert len(logged_at(b, "is now active")) == 1
+                [stepped_down] = logged_at(a, "stepped down")
+                [took_over] = logged_at(b, "is now active")
+    # Both were active at once no longer than the bound (README "Hot standby").
+    overlap = stepped_down - took_over
+    assert overlap < 1.5 * KEEPALIVE + 2, overlap
+    print(f"b took over {failover:.2f} s after the cut; a stepped down {overlap:.2f} s after")  # noqa: T201

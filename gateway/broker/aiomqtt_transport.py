@@ -478,6 +478,10 @@ class ToolClient:
 
         self._paho.on_publish = on_publish
 
+    def disconnect(self) -> None:
+        """End the connection now: ``messages`` then raises ``ConnectionError``."""
+        self._paho.disconnect()
+
     async def subscribe(self, topic_filter: str) -> None:
         """Subscribe at QoS 1.
 

@@ -71,6 +71,7 @@ class StandbyGroup:
         self._news = asyncio.Event()  # something was seen: look at the turn again
         self._stop = asyncio.Event()
         self._client: ToolClient | None = None
+        self._rewatching = False  # the watcher was told to connect again
         self._tasks: asyncio.TaskGroup | None = None  # run()'s, for records said in passing
         self._journal: Journal | None = None
         self._since = time.time()  # of the current role, for the record
@@ -109,8 +110,8 @@ class StandbyGroup:
                         break
                     log.warning(self.roles.stepped_down(reason, time.monotonic()))
                     self._since = time.time()
+                    self._rewatch()  # what it saw may be stale: the broker may be cut off
                     await self._open_journal()
-                    await self._say(self.roles.record())
             finally:
                 await self._leave()
                 watcher.cancel()
@@ -136,7 +137,9 @@ class StandbyGroup:
             now = time.monotonic()
             if self.roles.may_take_over(now):
                 # Say so, then look once more: a peer may have been quicker.
-                await self._say(PeerState.TAKING_OVER.value)
+                if not await self._say(PeerState.TAKING_OVER.value):
+                    self._rewatch()  # unheard: blind until the watcher is back
+                    continue
                 if self.roles.may_take_over(time.monotonic()):
                     return True
                 await self._say(self.roles.record())
@@ -180,20 +183,25 @@ class StandbyGroup:
                     login=login,
                     will_topic=self._record_topic,
                 ) as client:
-                    await self._watch(client)
+                    await self._watch(client, backoff)
             except ConnectionError as exc:
                 self._client = None
                 self.roles.watching(connected=False, now=time.monotonic())
+                if self._rewatching:  # asked for: connect again at once
+                    self._rewatching = False
+                    log.info("standby: the watcher reconnects to read the group's topics anew")
+                    continue
                 delay = backoff.next_delay()
                 log.warning("standby: watcher: %s; again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
             else:  # pragma: no cover - the messages end only with the connection
                 return
 
-    async def _watch(self, client: ToolClient) -> None:
+    async def _watch(self, client: ToolClient, backoff: Backoff) -> None:
         topics = self._topics
         for topic_filter in (topics.status, topics.health, topics.standby_records, topics.results):
             await client.subscribe(topic_filter)
+        backoff.reset()
         self._client = client
         await self._say(self.roles.record())
         self.roles.watching(connected=True, now=time.monotonic())
@@ -202,20 +210,33 @@ class StandbyGroup:
         async for message in client.messages():
             self._seen(message)
 
-    async def _say(self, role: str) -> None:
-        """Publish this instance's retained record (``role``, since, version)."""
+    def _rewatch(self) -> None:
+        """Decide nothing until the watcher has connected again and read everything anew."""
+        self.roles.watching(connected=False, now=time.monotonic())
+        if self._client is not None:
+            self._rewatching = True
+            self._client.disconnect()
+
+    async def _say(self, role: str) -> bool:
+        """Publish this instance's retained record (``role``, since, version).
+
+        Whether the broker acknowledged it: the watcher's connection works.
+        """
         if self._client is None:
-            return
+            return False
         record = {
             "instance": self.instance,
             "role": role,
             "since": round(self._since, 3),
             "version": self._version,
         }
-        with contextlib.suppress(ConnectionError):
+        try:
             await self._client.publish(
                 self._record_topic, json.dumps(record).encode(), retain=True
             )
+        except ConnectionError:
+            return False
+        return True
 
     def _seen(self, message: Inbound) -> None:
         topics, now = self._topics, time.monotonic()
