@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
 import time
@@ -334,3 +335,47 @@ async def test_a_partitioned_active_steps_down_and_stays_standby_once_healed(
     overlap = stepped_down - took_over
     assert overlap < 1.5 * KEEPALIVE + 2, overlap
     print(f"b took over {failover:.2f} s after the cut; a stepped down {overlap:.2f} s after")  # noqa: T201
+
+
+# Both started at the same moment, this many times (STANDBY_START_RUNS=20 for the 20).
+START_RUNS = int(os.environ.get("STANDBY_START_RUNS", "3"))
+
+
+@pytest.mark.parametrize("run", range(START_RUNS))
+async def test_two_started_together_one_active_one_standby(
+    broker: Broker,
+    probe: Probe,
+    tmp_path: Path,
+    write_config: Callable[[dict[str, Any]], Path],
+    run: int,
+) -> None:
+    del run
+    paths = [write_config(instance_config(broker, tmp_path, name)) for name in "ab"]
+    with gateway_process(paths[0]) as a, gateway_process(paths[1]) as b:
+        await probe.wait_for(lambda m: m.topic == HEALTH and bool(m.payload), timeout=15)
+        await probe.wait_for(lambda m: m.topic.startswith("iot/gateway/standby/"), timeout=15)
+        await asyncio.sleep(3 * 0.5 * 2)  # every turn, twice over
+        actives = {m.json["instance"] for m in probe.on(HEALTH) if m.payload}
+        takeovers = len(logged_at(a, "is now active")) + len(logged_at(b, "is now active"))
+    assert len(actives) == 1, actives
+    assert takeovers == 1
+
+
+async def test_three_instances_killing_the_active_promotes_exactly_one(
+    broker: Broker, probe: Probe, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    with group(broker, tmp_path, write_config, "a", "b", "c") as instances:
+        await first_active(probe, "a")
+        for name in "bc":
+            await probe.wait_for(is_record(name, "standby"))
+        mark = len(probe.messages)
+        instances["a"].send_signal(signal.SIGKILL)
+        await probe.wait_for(is_active("b"), since=mark, timeout=FAILOVER_BOUND)
+        await asyncio.sleep(3 * 0.5 * 2)  # c's turn, and more
+        answer = await probe.command("c", {"action": "increment"})
+        actives = {
+            m.json["instance"] for m in probe.messages[mark:] if m.topic == HEALTH and m.payload
+        }
+        assert "now active" not in instances["c"].log()
+    assert actives == {"b"}
+    assert answer["status"] == "ok"
