@@ -378,12 +378,13 @@ async def serve_in_group(config: Config, registry: AdapterRegistry) -> None:
     async with asyncio.TaskGroup() as tasks:
         standby_http.tasks = tasks
         await standby_http.start()
+        readiness = tasks.create_task(_ready_when_watching(group, notifier), name="readiness")
         if notifier.enabled:
             tasks.create_task(notifier.run(), name="systemd")
-            tasks.create_task(_ready_when_watching(group, notifier), name="readiness")
         try:
             await group.run(serve_active)
         finally:
+            readiness.cancel()  # a watcher that never connected
             await standby_http.stop()
             notifier.close()
 

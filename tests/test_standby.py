@@ -33,7 +33,7 @@ from tests.test_security import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
     from tests.broker import Broker
@@ -62,18 +62,31 @@ def instance_config(broker: Broker, tmp_path: Path, name: str, **extra: Any) -> 
     )
 
 
-@contextlib.contextmanager
-def group(
-    broker: Broker, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path], *names: str
-) -> Iterator[dict[str, GatewayProcess]]:
-    """The named instances as real processes, started in order; killed at the end."""
+@contextlib.asynccontextmanager
+async def group(
+    broker: Broker,
+    probe: Probe,
+    tmp_path: Path,
+    write_config: Callable[[dict[str, Any]], Path],
+    *names: str,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> AsyncIterator[dict[str, GatewayProcess]]:
+    """The named instances as real processes; killed at the end.
+
+    The first is active (with its counter online) before the next starts, and
+    each next one is watching before another starts.
+    """
     with contextlib.ExitStack() as stack:
-        yield {
-            name: stack.enter_context(
-                gateway_process(write_config(instance_config(broker, tmp_path, name)))
-            )
-            for name in names
-        }
+        instances = {}
+        for name in names:
+            sections = (extra or {}).get(name, {})
+            path = write_config(instance_config(broker, tmp_path, name, **sections))
+            instances[name] = stack.enter_context(gateway_process(path))
+            if name == names[0]:
+                await first_active(probe, name)
+            else:
+                await probe.wait_for(is_record(name, "standby"), timeout=15)
+        yield instances
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:
@@ -124,9 +137,7 @@ async def test_the_active_killed_mid_stream_the_standby_answers_every_id_once(
     broker: Broker, probe: Probe, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
 ) -> None:
     sent = ids(2000)
-    with group(broker, tmp_path, write_config, "a", "b") as instances:
-        await first_active(probe, "a")
-        await probe.wait_for(is_record("b", "standby"))
+    async with group(broker, probe, tmp_path, write_config, "a", "b") as instances:
 
         async def stream() -> None:
             for command_id in sent:
@@ -163,11 +174,8 @@ async def test_a_planned_handover_sigterm_then_the_standby_answers(
 ) -> None:
     port = free_port()
     http = {"host": "127.0.0.1", "port": port}
-    b_config = write_config(instance_config(broker, tmp_path, "b", http=http))
-    with group(broker, tmp_path, write_config, "a") as instances, gateway_process(b_config) as b:
-        instances["b"] = b
-        await first_active(probe, "a")
-        await probe.wait_for(is_record("b", "standby"))
+    extra = {"b": {"http": http}}
+    async with group(broker, probe, tmp_path, write_config, "a", "b", extra=extra) as instances:
         # A standby is alive, not ready: probes send traffic to the active.
         assert (await http_get(port, "/healthz"))[0] == 200
         status, body = await http_get(port, "/readyz")
@@ -207,9 +215,7 @@ async def test_a_planned_handover_sigterm_then_the_standby_answers(
 async def test_an_active_whose_session_is_taken_over_steps_down(
     broker: Broker, probe: Probe, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
 ) -> None:
-    with group(broker, tmp_path, write_config, "a", "b") as instances:
-        await first_active(probe, "a")
-        await probe.wait_for(is_record("b", "standby"))
+    async with group(broker, probe, tmp_path, write_config, "a", "b") as instances:
         mark = len(probe.messages)
         # An instance x, as a member would: its record first, then the shared client id.
         x_record = "iot/gateway/standby/x"
@@ -364,10 +370,7 @@ async def test_two_started_together_one_active_one_standby(
 async def test_three_instances_killing_the_active_promotes_exactly_one(
     broker: Broker, probe: Probe, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
 ) -> None:
-    with group(broker, tmp_path, write_config, "a", "b", "c") as instances:
-        await first_active(probe, "a")
-        for name in "bc":
-            await probe.wait_for(is_record(name, "standby"))
+    async with group(broker, probe, tmp_path, write_config, "a", "b", "c") as instances:
         mark = len(probe.messages)
         instances["a"].send_signal(signal.SIGKILL)
         await probe.wait_for(is_active("b"), since=mark, timeout=FAILOVER_BOUND)
@@ -377,5 +380,38 @@ async def test_three_instances_killing_the_active_promotes_exactly_one(
             m.json["instance"] for m in probe.messages[mark:] if m.topic == HEALTH and m.payload
         }
         assert "now active" not in instances["c"].log()
+        # A standby told to stop leaves at once, and clears its record.
+        instances["c"].send_signal(signal.SIGTERM)
+        assert await instances["c"].wait(10) == 0
+        await probe.wait_for(lambda m: m.topic == "iot/gateway/standby/c" and not m.payload)
     assert actives == {"b"}
     assert answer["status"] == "ok"
+
+
+async def test_after_a_broker_restart_exactly_one_instance_is_active_again(
+    broker: Broker, probe: Probe, tmp_path: Path, write_config: Callable[[dict[str, Any]], Path]
+) -> None:
+    """The active loses the broker and steps down; one of the two takes over afterwards.
+
+    Mosquitto publishes the active's will as it shuts down, so after the restart
+    the status is `offline`: b goes first, a (stepped down) a turn later, and
+    sees b. Had the status stayed `online` (naming a), a would come back.
+    """
+    async with group(broker, probe, tmp_path, write_config, "a", "b") as instances:
+        broker.stop()
+        broker.start()
+        mark = len(probe.messages)
+        # Seen only once the probe is back too: a command sent before may be lost.
+        await probe.wait_for(lambda m: m.topic == HEALTH and bool(m.payload), since=mark)
+        answer = await probe.command("c", {"action": "increment"}, timeout=20)
+        await asyncio.sleep(3 * 0.5 * 2)  # every turn, twice over
+        actives = {  # the retained one from before the restart aside
+            m.json["instance"]
+            for m in probe.messages[mark:]
+            if m.topic == HEALTH and m.payload and not m.retain
+        }
+        assert "stepped down" in instances["a"].log()
+        takeovers = sum(len(logged_at(p, "is now active")) for p in instances.values())
+    assert answer["status"] == "ok"
+    assert len(actives) == 1, actives
+    assert takeovers == 2  # a at first, then one of them
