@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
     from gateway.core.topics import Topics
 
-ROLE = "active"  # until a standby feature exists (contract 12), every instance is active
+# A gateway runs only while its instance is active: a standby of a group runs no
+# gateway and says its role on its own record (gateway/broker/standby_group.py).
+ROLE = "active"
 
 
 class BrokerLink(Protocol):
