@@ -1,0 +1,188 @@
+"""Live updates for dashboard pages: the event stream, coalesced, fanned out as Server-Sent Events.
+
+One hub follows the gateway's events through a bounded ``Feed`` while any page
+is connected. At most every ``interval`` seconds it turns what arrived into one
+``update`` message (the current rows of the devices that changed, the results
+since the last one, the scene runs that moved, the gateway panel), so a thousand
+devices changing at once cost a page one message, not a thousand.
+
+Each page has a bounded queue of those messages. A page that does not keep up
+has its queue cleared and gets a ``resync`` (a full snapshot) instead; one whose
+connection stays blocked past ``write_timeout`` is dropped, and the browser's
+EventSource reconnects and starts from a snapshot. Nothing here ever makes the
+dispatcher wait: events are handed over with a deque append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.events import AvailabilityChanged, CommandAccepted, StateChanged, StepChanged
+
+if TYPE_CHECKING:
+    from gateway.core.events import Event, EventStream, Feed
+    from gateway.surfaces.dashboard.model import DashboardModel
+
+RESULTS_PER_UPDATE = 100
+"""Results one update carries at most; the page is told how many it left out."""
+
+
+def sse(name: str, data: object) -> bytes:
+    """One Server-Sent Event: compact JSON has no newline, so one ``data`` line."""
+    body = json.dumps(data, separators=(",", ":"), default=str)
+    return f"event: {name}\ndata: {body}\n\n".encode()
+
+
+class LiveClient:
+    """One connected page: its queue of encoded updates, bounded."""
+
+    def __init__(self, size: int) -> None:
+        """An empty queue of at most ``size`` updates."""
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._size = size
+        self._ready = asyncio.Event()
+        self.resync = False
+        """The page fell behind: its queue was cleared and it needs a snapshot."""
+        self.closed = False
+
+    def offer(self, update: bytes) -> None:
+        """Queue ``update``; when the queue is full, drop it all and ask for a resync."""
+        if len(self._queue) >= self._size:
+            self._queue.clear()
+            self.resync = True
+        else:
+            self._queue.append(update)
+        self._ready.set()
+
+    def fell_behind(self) -> None:
+        """Updates were lost before they reached the queue: resync."""
+        self._queue.clear()
+        self.resync = True
+        self._ready.set()
+
+    def close(self) -> None:
+        """The server is stopping: ``next`` returns at once."""
+        self.closed = True
+        self._ready.set()
+
+    async def next(self) -> list[bytes]:
+        """Every queued update, waiting for one (empty when resync is due or closed)."""
+        while not (self._queue or self.resync or self.closed):
+            self._ready.clear()
+            await self._ready.wait()
+        updates = list(self._queue)
+        self._queue.clear()
+        return updates
+
+
+class LiveHub:
+    """Follows the events while pages are connected; sends each page coalesced updates."""
+
+    def __init__(
+        self,
+        events: EventStream,
+        model: DashboardModel,
+        *,
+        interval: float = 0.25,
+        client_queue: int = 64,
+        feed_size: int = 10_000,
+    ) -> None:
+        """Nothing is followed until a page joins.
+
+        Args:
+            events: The gateway's event stream.
+            model: What the updates are made of.
+            interval: The least time between two updates, in seconds.
+            client_queue: Updates a page may have waiting before it must resync.
+            feed_size: Events the hub may fall behind by before every page resyncs.
+        """
+        self._events = events
+        self._model = model
+        self._interval = interval
+        self._client_queue = client_queue
+        self._feed_size = feed_size
+        self._clients: set[LiveClient] = set()
+        self._feed: Feed | None = None
+        self._following = asyncio.Event()
+        self._seq = 0  # the last result sent in an update
+
+    @property
+    def clients(self) -> int:
+        """Pages connected now."""
+        return len(self._clients)
+
+    def join(self) -> LiveClient:
+        """A new page: it gets every update from now on (send it a snapshot first)."""
+        if self._feed is None:  # from this instant, before anything else can happen
+            self._feed = self._events.feed(self._feed_size)
+            self._seq = self._model.seq
+            self._following.set()
+        client = LiveClient(self._client_queue)
+        self._clients.add(client)
+        return client
+
+    def leave(self, client: LiveClient) -> None:
+        """The page is gone."""
+        self._clients.discard(client)
+
+    def close_all(self) -> None:
+        """The server is stopping: every page's stream ends."""
+        for client in self._clients:
+            client.close()
+
+    async def run(self) -> None:
+        """Make and send updates while pages are connected, until cancelled."""
+        while True:
+            await self._following.wait()
+            self._following.clear()
+            feed = self._feed
+            assert feed is not None  # noqa: S101 - join opened it before setting the flag
+            try:
+                await self._follow(feed)
+            finally:
+                feed.close()
+                self._feed = None
+
+    async def _follow(self, feed: Feed) -> None:
+        last = 0.0
+        while self._clients:
+            events = await feed.get()
+            if (wait := last + self._interval - time.monotonic()) > 0:
+                await asyncio.sleep(wait)  # coalescing: at most one update per interval
+            events += feed.take()
+            last = time.monotonic()
+            if feed.dropped:
+                feed.dropped = 0
+                self._seq = self._model.seq
+                for client in self._clients:
+                    client.fell_behind()
+                continue
+            update = self._update(events)
+            for client in self._clients:
+                client.offer(update)
+
+    def _update(self, events: list[Event]) -> bytes:
+        devices: set[str] = set()
+        runs: set[str] = set()
+        for event in events:
+            if isinstance(event, StateChanged | AvailabilityChanged | CommandAccepted):
+                devices.add(event.device)
+            elif isinstance(event, StepChanged):
+                runs.add(event.run)
+        results, left_out = self._model.since(self._seq, RESULTS_PER_UPDATE)
+        devices.update(result["device"] for result in results)
+        runs.update(result["id"] for result in results if "steps" in result)  # a run ended
+        self._seq = self._model.seq
+        body: dict[str, Any] = {
+            "seq": self._seq,
+            "gateway": self._model.gateway(),
+            "devices": self._model.rows(devices),
+            "results": results,
+            "results_left_out": left_out,
+            "runs": self._model.runs(runs) if runs else [],
+        }
+        return sse("update", body)
