@@ -136,6 +136,12 @@ async def test_every_device_with_its_availability_and_an_mqtt_command_within_a_s
             "power=on", timeout=1000
         )
         assert time.monotonic() - sent < 1.0
+        # What clients and devices send is shown as text, never run as HTML.
+        hostile = "<img src=x onerror=window.pwned=1>"
+        await mqtt.publish("iot/light/command", {"action": hostile})
+        await expect(page.locator("#activity-list")).to_contain_text(hostile)
+        assert await page.locator("#activity-list img").count() == 0
+        assert await page.evaluate("window.pwned") is None
         # The graph draws each device and which waits on which.
         await page.locator("#graph-box summary").click()
         await expect(page.locator('#graph g[data-device="broken"]')).to_have_class("offline")
