@@ -175,6 +175,11 @@ async def test_a_scene_from_the_api_reports_each_step_with_its_times(
         song, speaker_on = run["steps"]["song"], run["steps"]["speaker_on"]
         assert song["status"] == "ok"
         assert song["started_at"] >= speaker_on["finished_at"]
+        _, devices = await get(http, gateway, "/api/devices")
+        speaker = next(d for d in devices if d["id"] == "speaker")
+        assert speaker["last_command"]["id"] == "m-1/song"
+        assert speaker["last_command"]["action"] == "play"
+        assert speaker["last_command"]["status"] == "ok"
 
 
 async def test_the_live_stream_sends_a_snapshot_then_coalesced_updates(

@@ -149,7 +149,7 @@ async def test_every_device_with_its_availability_and_an_mqtt_command_within_a_s
 
 
 async def test_controls_from_the_page_answer_on_mqtt_and_show_failures(
-    make_config: Callable[..., Config], mqtt: Probe, page: Page, tmp_path: Path
+    make_config: Callable[..., Config], mqtt: Probe, page: Page
 ) -> None:
     from playwright.async_api import expect  # noqa: PLC0415 - as above
 
@@ -182,17 +182,18 @@ async def test_controls_from_the_page_answer_on_mqtt_and_show_failures(
         await expect(failed.locator(".code")).to_have_text("device_error")
         await expect(failed.locator(".message")).not_to_be_empty()
         await expect(row(page, "lamp").locator(".last-error")).to_contain_text("device_error")
-        await page.screenshot(path=SCREENSHOT or tmp_path / "dashboard.png", full_page=True)
 
 
 async def test_the_morning_scene_shows_its_steps_live_then_a_timeline(
-    make_config: Callable[..., Config], mqtt: Probe, page: Page
+    make_config: Callable[..., Config], mqtt: Probe, page: Page, tmp_path: Path
 ) -> None:
     from playwright.async_api import expect  # noqa: PLC0415 - as above
 
     devices = [
-        {"id": "light", "type": "simulated.light", "latency": 0.2},
+        {"id": "hub", "type": "simulated.switch"},
+        {"id": "light", "type": "simulated.light", "depends_on": ["hub"], "latency": 0.2},
         {"id": "speaker", "type": "simulated.speaker", "latency": 0.6},
+        {"id": "sensor", "type": "simulated.sensor"},
     ]
     config = make_config(http={**HTTP, "token": TOKEN}, devices=devices, scenes=MORNING)
     async with running_gateway(config, AdapterRegistry.from_entry_points()) as gateway:
@@ -213,6 +214,10 @@ async def test_the_morning_scene_shows_its_steps_live_then_a_timeline(
         assert song is not None
         assert lights is not None
         assert float(song) > float(lights)  # the song started after the speaker, lights at once
+        await page.locator("#graph-box summary").click()
+        await row(page, "speaker").locator("button").click()
+        await expect(page.locator('#controls form[data-action="play"]')).to_be_visible()
+        await page.screenshot(path=SCREENSHOT or tmp_path / "dashboard.png", full_page=True)
 
 
 async def test_read_only_and_a_wrong_token_refuse_control(

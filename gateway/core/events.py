@@ -79,6 +79,7 @@ class StepChanged:
     scene: str | None
     step: str
     device: str
+    action: str
     status: str
     error: Mapping[str, str] | None = None
 

@@ -242,7 +242,9 @@ class SceneRunner:
     ) -> None:
         if self._events.wanted:
             self._events.emit(
-                StepChanged(run.command.id, run.scene, step.id, step.device, status, error)
+                StepChanged(
+                    run.command.id, run.scene, step.id, step.device, step.action, status, error
+                )
             )
 
     def _not_run(self, why: str) -> dict[str, Any]:

@@ -173,6 +173,7 @@ class LiveHub:
                 devices.add(event.device)
             elif isinstance(event, StepChanged):
                 runs.add(event.run)
+                devices.add(event.device)
         results, left_out = self._model.since(self._seq, RESULTS_PER_UPDATE)
         devices.update(result["device"] for result in results)
         runs.update(result["id"] for result in results if "steps" in result)  # a run ended

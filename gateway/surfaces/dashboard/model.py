@@ -176,6 +176,17 @@ class DashboardModel:
         step.setdefault("started_at", now)
         if event.status != "running":
             step["finished_at"] = now
+        if event.status != "skipped":  # a step that reached its device is its last command
+            last = {
+                "id": f"{event.run}/{event.step}",
+                "action": event.action,
+                "at": now,
+                "status": event.status,
+                "error": event.error,
+            }
+            self._last_command[event.device] = last
+            if event.error is not None:
+                self._last_error[event.device] = last
 
     def _finish_run(self, result: Result, entry: dict[str, Any]) -> None:
         run = self._runs.get(result.id)
