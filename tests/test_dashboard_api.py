@@ -148,6 +148,8 @@ async def test_a_command_from_the_api_runs_as_one_from_mqtt_and_its_result_is_on
         assert "level" in bad["error"]["message"]
         _, unknown = await post(http, gateway, "lamp", {"action": "toggle"})
         assert unknown["error"]["code"] == "unknown_device"
+        for segment in ("%2B", "%23", "a%2Fb"):  # no topic can carry these
+            assert (await post(http, gateway, segment, {"action": "toggle"}))[0] == 404
         _, bare = await post(http, gateway, "hub", "turn_on")
         assert bare["error"]["code"] == "invalid_command"  # a JSON string, as over MQTT
         _, results = await get(http, gateway, "/api/devices/light/results")

@@ -145,7 +145,8 @@ class Dashboard:
             return web.json_response({"error": str(exc)}, status=exc.status)
         device = request.match_info["device"]
         topic = f"{self._topics.base}/{device}/command"
-        if self._topics.command_target(topic) != device:  # a segment no topic can carry
+        # A segment no MQTT topic could carry (its result topic could not be published).
+        if self._topics.command_target(topic) != device or _NOT_IN_TOPICS & set(device):
             return _not_found(device)
         payload = await request.read()
         answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -198,6 +199,9 @@ async def _send(response: web.StreamResponse, chunks: list[bytes]) -> None:
     async with asyncio.timeout(WRITE_TIMEOUT):
         for chunk in chunks:
             await response.write(chunk)
+
+
+_NOT_IN_TOPICS = frozenset("+#\0")  # wildcards (MQTT 5 §4.7.1) and NUL (§1.5.4)
 
 
 def _not_found(device: str) -> web.Response:
