@@ -128,7 +128,8 @@ class DashboardModel:
 
     def _result(self, result: Result) -> None:
         self.seq += 1
-        entry = result_entry(result, self.seq)
+        now = time.time()
+        entry = result_entry(result, self.seq, now)
         self.activity.append(entry)
         recent = self._recent.get(result.device)
         if recent is None and self._known(result.device):
@@ -141,7 +142,7 @@ class DashboardModel:
                 self._last_command[result.device] = entry
             if result.error is not None:
                 self._last_error[result.device] = entry
-        self._count(error=result.error is not None)
+        self._count(now, error=result.error is not None)
         if result.device == GATEWAY and "steps" in result.extra:
             self._finish_run(result, entry)
 
@@ -149,11 +150,14 @@ class DashboardModel:
         """A configured device or the gateway: ids from clients' typos are not kept."""
         return device == GATEWAY or self._fleet.get(device) is not None
 
-    def _count(self, *, error: bool) -> None:
-        bucket = int(time.time() // BUCKET_SECONDS)
-        self._roll(bucket)
-        self._rates[-1][0] += 1
-        self._rates[-1][1] += int(error)
+    def _count(self, now: float, *, error: bool) -> None:
+        bucket = int(now // BUCKET_SECONDS)
+        if bucket != self._rate_start or not self._rates:
+            self._roll(bucket)
+        counts = self._rates[-1]
+        counts[0] += 1
+        if error:
+            counts[1] += 1
 
     def _roll(self, bucket: int) -> None:
         """Start empty buckets up to ``bucket`` (at most a chart's worth)."""
@@ -286,7 +290,7 @@ class DashboardModel:
         }
 
 
-def result_entry(result: Result, seq: int) -> dict[str, Any]:
+def result_entry(result: Result, seq: int, now: float) -> dict[str, Any]:
     """A result as the dashboard lists it: the MQTT payload's fields, when, and its number."""
     entry: dict[str, Any] = {
         "seq": seq,
@@ -297,7 +301,7 @@ def result_entry(result: Result, seq: int) -> dict[str, Any]:
         "error": None if result.error is None else result.error.as_json(),
         "duplicate": result.duplicate,
         "duration_ms": round(result.duration_ms, 1),
-        "at": round(time.time(), 3),
+        "at": now,
     }
     if "steps" in result.extra:
         entry["steps"] = result.extra["steps"]
