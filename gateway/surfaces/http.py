@@ -110,17 +110,18 @@ class HttpServer:
         listeners = await self._listen()
         try:
             async with asyncio.TaskGroup() as tasks:
-                accepting = [
+                serving = [
                     tasks.create_task(acceptor.serve(listener), name="http-accept")
                     for listener in listeners
                 ]
                 if self._dashboard is not None:
-                    accepting.append(tasks.create_task(self._dashboard.live.run(), name="live"))
+                    live = self._dashboard.live
+                    serving.append(tasks.create_task(live.run(), name="dashboard-live"))
                 self.started.set()
                 await self._stop.wait()
                 if self._dashboard is not None:
                     self._dashboard.live.close_all()  # open event streams end now
-                for task in accepting:
+                for task in serving:
                     task.cancel()
         finally:
             for listener in listeners:

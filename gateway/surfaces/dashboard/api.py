@@ -174,7 +174,7 @@ class Dashboard:
             await self._stream(response, client)
         except TimeoutError:
             log.info("HTTP: dropped a dashboard page that stopped reading (it may reconnect)")
-        except (ConnectionResetError, ConnectionError):
+        except ConnectionError:
             pass  # the page went away
         finally:
             self.live.leave(client)
