@@ -130,6 +130,12 @@ async def test_every_device_with_its_availability_and_an_mqtt_command_within_a_s
         ]:
             await expect(row(page, device).locator(".availability")).to_have_text(availability)
         await expect(page.locator("#read-only")).to_be_visible()
+        await page.select_option("#device-filter", "offline")
+        await expect(page.locator("#device-table tbody tr:visible")).to_have_count(1)
+        await page.select_option("#device-filter", "")
+        await page.fill("#device-search", "simulated.sensor")
+        await expect(page.locator("#device-table tbody tr:visible")).to_have_count(1)
+        await page.fill("#device-search", "")
         await mqtt.publish("iot/light/command", {"action": "turn_on", "id": "from-mqtt"})
         sent = time.monotonic()
         await expect(row(page, "light").locator(".state")).to_contain_text(
