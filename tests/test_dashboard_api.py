@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway import AdapterRegistry, ConfigError, Gateway, load_config
 from tests.conftest import config_data, started
@@ -217,6 +218,42 @@ async def test_the_live_stream_sends_a_snapshot_then_coalesced_updates(
         # 0.25 s at most), not one message each.
         assert updates <= (time.monotonic() - sent) / 0.25 + 2
         assert updates < 50
+
+
+async def test_a_page_that_stops_reading_is_dropped_and_commands_are_not_slowed(
+    make_config: Callable[..., Config],
+    probe: Probe,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("gateway.surfaces.dashboard.api.WRITE_TIMEOUT", 0.5)
+    caplog.set_level(logging.INFO, "gateway.surfaces.dashboard.api")
+    # A page that stops reading blocks the server's writes once the socket buffers
+    # are full: about 3 MB on loopback here, so its writes are made to hang instead.
+    write = web.StreamResponse.write
+
+    async def hangs_after_the_snapshot(response: web.StreamResponse, data: bytes) -> None:
+        if data.startswith(b"event: update"):
+            await asyncio.Event().wait()
+        await write(response, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", hangs_after_the_snapshot)
+    async with (
+        started(make_config(http=HTTP), probe) as gateway,
+        http.get(base_url(gateway) + "/api/events") as response,
+    ):
+        assert gateway.dashboard is not None
+        hub = gateway.dashboard.live
+        assert (await Stream(response).next())[0] == "snapshot"
+        slowest = 0.0
+        async with asyncio.timeout(10):
+            while hub.clients or "dropped a dashboard page" not in caplog.text:
+                began = time.monotonic()
+                assert (await probe.command("hub", {"action": "toggle"}))["status"] == "ok"
+                slowest = max(slowest, time.monotonic() - began)
+        assert slowest < 1.0  # dispatch never waited for the page
+        assert await response.content.read() == b""  # its stream was closed
 
 
 async def test_control_needs_the_token(

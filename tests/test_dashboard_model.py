@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -60,6 +61,17 @@ def test_what_it_keeps_is_bounded_and_unknown_devices_leave_nothing(gateway: Gat
     newest, left_out = model.since(0, 100)
     assert len(newest) == 100
     assert left_out == model.seq - 100
+
+
+def test_what_a_client_chose_is_kept_shortened(gateway: Gateway) -> None:
+    model = model_of(gateway)
+    action = "x" * 60_000
+    error = CommandError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r}")
+    gateway.events.emit(ResultPublished(Result("c1", "y" * 60_000, action, error=error)))
+    (entry,) = model.activity
+    assert len(json.dumps(entry)) < 1000
+    assert entry["action"].startswith("xxx")
+    assert entry["action"].endswith("(60000 characters)")
 
 
 def test_the_last_command_stays_the_queued_one_until_it_is_answered(gateway: Gateway) -> None:

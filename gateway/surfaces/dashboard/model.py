@@ -22,6 +22,7 @@ from gateway.core.events import (
     StateChanged,
     StepChanged,
 )
+from gateway.core.logs import shorten
 from gateway.core.topics import GATEWAY
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ RECENT_SIZE = 20
 """Results kept per device for its own view."""
 RUNS_SIZE = 20
 """Scene and step-list runs kept, newest last."""
+TEXT_LIMIT = 200
+"""Characters kept of what a client chose (a topic's device segment, an action, a
+message quoting them): 500 results of 64 KB actions would otherwise hold 64 MB."""
 BUCKET_SECONDS = 10
 BUCKETS = 30
 """The rate chart: commands and errors per 10 s over the last 5 minutes."""
@@ -292,13 +296,16 @@ class DashboardModel:
 
 def result_entry(result: Result, seq: int, now: float) -> dict[str, Any]:
     """A result as the dashboard lists it: the MQTT payload's fields, when, and its number."""
+    error = result.error
     entry: dict[str, Any] = {
         "seq": seq,
         "id": result.id,
-        "device": result.device,
-        "action": result.action,
-        "status": "ok" if result.error is None else "error",
-        "error": None if result.error is None else result.error.as_json(),
+        "device": shorten(result.device, TEXT_LIMIT),
+        "action": None if result.action is None else shorten(result.action, TEXT_LIMIT),
+        "status": "ok" if error is None else "error",
+        "error": None
+        if error is None
+        else {"code": error.code.value, "message": shorten(error.message, TEXT_LIMIT)},
         "duplicate": result.duplicate,
         "duration_ms": round(result.duration_ms, 1),
         "at": now,
