@@ -231,16 +231,21 @@ async def test_read_only_and_a_wrong_token_refuse_control(
 ) -> None:
     from playwright.async_api import expect  # noqa: PLC0415 - as above
 
-    devices = [{"id": "light", "type": "simulated.light"}]
+    devices = [
+        {"id": "light", "type": "simulated.light"},
+        {"id": "speaker", "type": "simulated.speaker"},
+    ]
     async with running_gateway(
-        make_config(http=HTTP, devices=devices), AdapterRegistry.from_entry_points()
+        make_config(http=HTTP, devices=devices, scenes=MORNING),
+        AdapterRegistry.from_entry_points(),
     ) as gateway:
         await online(mqtt, "light")
         await page.goto(f"http://127.0.0.1:{gateway.http_port}/")
         await row(page, "light").locator("button").click()
         await expect(page.locator('#controls button[data-action="toggle"]')).to_be_disabled()
         await expect(page.locator("#controls .note")).to_contain_text("Read-only")
-    config = make_config(http={**HTTP, "token": TOKEN}, devices=devices)
+        await expect(page.locator("button[data-run]")).to_be_disabled()
+    config = make_config(http={**HTTP, "token": TOKEN}, devices=devices, scenes=MORNING)
     async with running_gateway(config, AdapterRegistry.from_entry_points()) as gateway:
         await page.goto(f"http://127.0.0.1:{gateway.http_port}/")
         await page.fill("#token", "not-the-right-token")
@@ -248,7 +253,10 @@ async def test_read_only_and_a_wrong_token_refuse_control(
         await row(page, "light").locator("button").click()
         await page.click('#controls button[data-action="toggle"]')
         await expect(page.locator("#device-message")).to_contain_text("refused (401)")
+        await page.click('button[data-run="morning"]')
+        await expect(page.locator("#scene-message")).to_contain_text("refused (401)")
         assert not mqtt.on("iot/light/result")
+        assert not mqtt.on("iot/gateway/result")
 
 
 async def test_the_page_says_when_the_broker_is_away_and_recovers(

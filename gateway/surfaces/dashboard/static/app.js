@@ -342,7 +342,9 @@ function renderControls(device, actions) {
     form.append(el("button", { type: "submit", disabled: readOnly, "data-action": action }, action.replaceAll("_", " ")));
     form.addEventListener("submit", (e) => {
       e.preventDefault();
-      send(device, action, readParams(form, fields, schema));
+      send(device, action, readParams(form, fields), (text) => {
+        if (view.selected === device) $("device-message").textContent = text;
+      });
     });
     box.append(form);
   }
@@ -407,10 +409,10 @@ function commandId() {
   return `dash-${Date.now().toString(36)}-${random[0].toString(36)}${random[1].toString(36)}`;
 }
 
-async function send(device, action, params, id = commandId()) {
-  const message = device === view.selected ? $("device-message") : null;
-  const say = (text) => { if (message) message.textContent = text; };
+// Sends a command as the MQTT API would carry it; ``say`` shows how it went.
+async function send(device, action, params, say) {
   say(`${action}: sent…`);
+  const id = commandId();
   let response;
   try {
     response = await fetch(`/api/devices/${encodeURIComponent(device)}/command`, {
@@ -420,15 +422,11 @@ async function send(device, action, params, id = commandId()) {
     });
   } catch (error) {
     say(`${action}: the gateway did not answer (${error})`);
-    return null;
+    return;
   }
   const body = await response.json();
-  if (!response.ok) {
-    say(`${action}: refused (${response.status}): ${body.error}`);
-    return { refused: body.error };
-  }
-  say(body.status === "ok" ? `${action}: ok` : `${action}: ${errorText(body.error)}`);
-  return body;
+  if (!response.ok) say(`${action}: refused (${response.status}): ${body.error}`);
+  else say(body.status === "ok" ? `${action}: ok` : `${action}: ${errorText(body.error)}`);
 }
 
 $("token-form").addEventListener("submit", (e) => {
@@ -498,8 +496,10 @@ function timeline(scene, run) {
   return chart;
 }
 
-async function runScene(name) {
-  await send("gateway", "run_scene", { scene: name });
+function runScene(name) {
+  send("gateway", "run_scene", { scene: name }, (text) => {
+    $("scene-message").textContent = `${name}: ${text.replace(/^run_scene: /, "")}`;
+  });
 }
 
 // -- activity ------------------------------------------------------------------
