@@ -194,6 +194,8 @@ async def test_the_live_stream_sends_a_snapshot_then_coalesced_updates(
         http.get(base_url(gateway) + "/api/events") as response,
     ):
         assert response.headers["Content-Type"] == "text/event-stream"
+        async with http.head(base_url(gateway) + "/api/events") as head:
+            assert head.status == 405
         stream = Stream(response)
         name, snapshot = await stream.next()
         assert name == "snapshot"

@@ -87,10 +87,11 @@ class Dashboard:
             "/api/devices/{device}/results": self._results,
             "/api/scenes": self._scenes,
             "/api/activity": self._activity,
-            "/api/events": self._events,
         }
         for path, handler in get.items():
             app.router.add_get(path, handler)
+        # No HEAD: it would hold a page's place with a stream no one reads.
+        app.router.add_get("/api/events", self._events, allow_head=False)
         app.router.add_post("/api/devices/{device}/command", self._command)
 
     async def _page(self, _request: web.Request) -> web.FileResponse:
