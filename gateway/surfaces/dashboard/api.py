@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.core.logs import Throttle
 from gateway.core.messages import Inbound
 from gateway.core.topics import GATEWAY
 from gateway.surfaces.dashboard.guard import ControlRefusedError, Guard, add_security_headers
@@ -73,6 +74,7 @@ class Dashboard:
         self._topics = topics
         self._submit = submit
         self._gateway_actions = gateway_actions
+        self._drop_log = Throttle()  # a page may come back and stall again, and again
 
     def install(self, app: web.Application) -> None:
         """Add the routes and the security headers to ``app``."""
@@ -174,7 +176,11 @@ class Dashboard:
             await _send(response, [sse("snapshot", self.model.snapshot())])
             await self._stream(response, client)
         except TimeoutError:
-            log.info("HTTP: dropped a dashboard page that stopped reading (it may reconnect)")
+            if (held_back := self._drop_log.allow()) is not None:
+                log.info(
+                    "HTTP: dropped a dashboard page that stopped reading (it may reconnect)%s",
+                    f" ({held_back} more such lines held back)" if held_back else "",
+                )
         except ConnectionError:
             pass  # the page went away
         finally:
