@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from gateway.core.events import EventStream, StateChanged
@@ -60,6 +61,26 @@ async def test_a_thousand_changes_reach_a_page_as_one_update() -> None:
         name, body = decode(updates[0])
         assert name == "update"
         assert len(body["devices"]) == 1000
+        running.cancel()
+
+
+async def test_after_a_busy_update_the_next_waits_longer() -> None:
+    events, model = EventStream(), FakeModel()
+    hub = LiveHub(events, model, interval=0.05, busy_interval=0.5)  # type: ignore[arg-type] # as above
+    client = hub.join()
+    async with asyncio.TaskGroup() as tasks:
+        running = tasks.create_task(hub.run())
+        for i in range(101):  # more rows than BUSY_ROWS
+            events.emit(StateChanged(f"d{i}", {}))
+        await asyncio.wait_for(client.next(), 5)
+        first = time.monotonic()
+        events.emit(StateChanged("d0", {}))
+        await asyncio.wait_for(client.next(), 5)
+        assert time.monotonic() - first >= 0.4
+        events.emit(StateChanged("d0", {}))  # after a quiet one, quick again
+        second = time.monotonic()
+        await asyncio.wait_for(client.next(), 5)
+        assert time.monotonic() - second < 0.4
         running.cancel()
 
 

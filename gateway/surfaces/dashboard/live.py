@@ -21,14 +21,25 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.events import AvailabilityChanged, CommandAccepted, StateChanged, StepChanged
+from gateway.core.events import (
+    AvailabilityChanged,
+    CommandAccepted,
+    ConnectionChanged,
+    ResultPublished,
+    StateChanged,
+    StepChanged,
+)
 
 if TYPE_CHECKING:
     from gateway.core.events import Event, EventStream, Feed
     from gateway.surfaces.dashboard.model import DashboardModel
 
-RESULTS_PER_UPDATE = 100
-"""Results one update carries at most; the page is told how many it left out."""
+RESULTS_PER_UPDATE = 50
+"""Results one update carries at most (200 a second); the page is told how many it left out."""
+BUSY_ROWS = 100
+"""Rows in an update that make the next one wait ``busy_interval``, as do left-out results."""
+GATEWAY_EVERY = 1.0
+"""Seconds between two gateway panels in updates: it reads every device (1 ms per 1,000)."""
 
 
 def sse(name: str, data: object) -> bytes:
@@ -82,12 +93,13 @@ class LiveClient:
 class LiveHub:
     """Follows the events while pages are connected; sends each page coalesced updates."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - each timing and bound is a separate setting
         self,
         events: EventStream,
         model: DashboardModel,
         *,
         interval: float = 0.25,
+        busy_interval: float = 1.0,
         client_queue: int = 64,
         feed_size: int = 10_000,
     ) -> None:
@@ -97,18 +109,21 @@ class LiveHub:
             events: The gateway's event stream.
             model: What the updates are made of.
             interval: The least time between two updates, in seconds.
+            busy_interval: The same after a busy update (many rows or results).
             client_queue: Updates a page may have waiting before it must resync.
             feed_size: Events the hub may fall behind by before every page resyncs.
         """
         self._events = events
         self._model = model
         self._interval = interval
+        self._busy_interval = busy_interval
         self._client_queue = client_queue
         self._feed_size = feed_size
         self._clients: set[LiveClient] = set()
         self._feed: Feed | None = None
         self._following = asyncio.Event()
         self._seq = 0  # the last result sent in an update
+        self._gateway_sent = float("-inf")
 
     @property
     def clients(self) -> int:
@@ -148,10 +163,10 @@ class LiveHub:
                 self._feed = None
 
     async def _follow(self, feed: Feed) -> None:
-        last = 0.0
+        last, interval = 0.0, self._interval
         while self._clients:
             events = await feed.get()
-            if (wait := last + self._interval - time.monotonic()) > 0:
+            if (wait := last + interval - time.monotonic()) > 0:
                 await asyncio.sleep(wait)  # coalescing: at most one update per interval
             events += feed.take()
             last = time.monotonic()
@@ -161,29 +176,39 @@ class LiveHub:
                 for client in self._clients:
                     client.fell_behind()
                 continue
-            update = self._update(events)
+            update, busy = self._update(events)
             for client in self._clients:
                 client.offer(update)
+            # Busy: fewer, fuller updates, for the gateway and for a page on a phone.
+            interval = self._busy_interval if busy else self._interval
 
-    def _update(self, events: list[Event]) -> bytes:
+    def _update(self, events: list[Event]) -> tuple[bytes, bool]:
+        """One update for ``events``, and whether it was a busy one."""
         devices: set[str] = set()
         runs: set[str] = set()
-        for event in events:
-            if isinstance(event, StateChanged | AvailabilityChanged | CommandAccepted):
+        panel_due = time.monotonic() - self._gateway_sent >= GATEWAY_EVERY
+        for event in events:  # the most frequent kinds first
+            if isinstance(event, ResultPublished):
+                devices.add(event.result.device)
+                if "steps" in event.result.extra:
+                    runs.add(event.result.id)  # a run ended
+            elif isinstance(event, StateChanged | CommandAccepted | AvailabilityChanged):
                 devices.add(event.device)
             elif isinstance(event, StepChanged):
                 runs.add(event.run)
                 devices.add(event.device)
+            elif isinstance(event, ConnectionChanged):
+                panel_due = True
         results, left_out = self._model.since(self._seq, RESULTS_PER_UPDATE)
-        devices.update(result["device"] for result in results)
-        runs.update(result["id"] for result in results if "steps" in result)  # a run ended
         self._seq = self._model.seq
         body: dict[str, Any] = {
             "seq": self._seq,
-            "gateway": self._model.gateway(),
             "devices": self._model.rows(devices),
             "results": results,
             "results_left_out": left_out,
             "runs": self._model.runs(runs) if runs else [],
         }
-        return sse("update", body)
+        if panel_due:
+            self._gateway_sent = time.monotonic()
+            body["gateway"] = self._model.gateway()
+        return sse("update", body), left_out > 0 or len(devices) > BUSY_ROWS

@@ -10,6 +10,7 @@ Everything it keeps is bounded, whatever the traffic.
 from __future__ import annotations
 
 import collections
+import heapq
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -211,8 +212,14 @@ class DashboardModel:
         """The gateway panel."""
         now = time.time()
         self._roll(int(now // BUCKET_SECONDS))
-        depths = {runner.id: runner.queue_depth for runner in self._fleet}
-        busiest = sorted((d for d in depths.items() if d[1]), key=lambda d: -d[1])[:5]
+        devices = online = queued = 0
+        waiting: list[tuple[int, str]] = []
+        for runner in self._fleet:  # one pass: 10,000 devices take milliseconds
+            devices += 1
+            online += runner.available
+            if depth := runner.queue_depth:
+                queued += depth
+                waiting.append((depth, runner.id))
         return {
             "version": self.facts.version,
             "broker": self.facts.broker,
@@ -223,10 +230,10 @@ class DashboardModel:
             "reconnects": self.facts.reconnects(),
             "journal": self.facts.journal(),
             "control": self.facts.control,
-            "devices": len(depths),
-            "online": sum(runner.available for runner in self._fleet),
-            "queued": sum(depths.values()),
-            "busiest_queues": dict(busiest),
+            "devices": devices,
+            "online": online,
+            "queued": queued,
+            "busiest_queues": {device: depth for depth, device in heapq.nlargest(5, waiting)},
             "rates": {
                 "bucket_s": BUCKET_SECONDS,
                 "until": (self._rate_start + 1) * BUCKET_SECONDS,

@@ -117,7 +117,8 @@ function snapshot(data) {
 
 function update(data) {
   setLive(true);
-  renderGateway(data.gateway);
+  if (data.gateway) renderGateway(data.gateway); // at most once a second
+
   for (const row of data.devices) {
     view.devices.set(row.id, row);
     renderRow(row);
