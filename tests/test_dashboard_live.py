@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from gateway.core.events import EventStream, StateChanged
-from gateway.surfaces.dashboard.live import LiveClient, LiveHub
+from gateway.surfaces.dashboard.live import ROWS_PER_UPDATE, LiveClient, LiveHub
 
 
 class FakeModel:
@@ -47,20 +47,29 @@ async def test_a_full_page_queue_is_cleared_and_asks_for_a_resync() -> None:
     assert await client.next() == []  # nothing held for a page that does not read
 
 
-async def test_a_thousand_changes_reach_a_page_as_one_update() -> None:
+async def test_a_thousand_devices_changing_reach_a_page_in_a_few_bounded_updates() -> None:
     events, model = EventStream(), FakeModel()
-    hub = LiveHub(events, model, interval=0.2)  # type: ignore[arg-type] # the fake has what it uses
+    hub = LiveHub(events, model, interval=0.01, busy_interval=0.01)  # type: ignore[arg-type] # the fake has what it uses
     client = hub.join()
     async with asyncio.TaskGroup() as tasks:
         running = tasks.create_task(hub.run())
-        for i in range(1000):
-            model.state[f"d{i}"] = {"n": i}
-            events.emit(StateChanged(f"d{i}", {"n": i}))
-        updates = await asyncio.wait_for(client.next(), 5)
-        assert len(updates) == 1
-        name, body = decode(updates[0])
-        assert name == "update"
-        assert len(body["devices"]) == 1000
+        for change in range(3):  # each device three times: one row each all the same
+            for i in range(1000):
+                model.state[f"d{i}"] = {"n": change}
+                events.emit(StateChanged(f"d{i}", {"n": change}))
+        rows: list[dict[str, Any]] = []
+        updates = 0
+        async with asyncio.timeout(5):
+            while len(rows) < 1000:
+                for update in await client.next():
+                    name, body = decode(update)
+                    assert name == "update"
+                    assert len(body["devices"]) <= ROWS_PER_UPDATE
+                    rows += body["devices"]
+                    updates += 1
+        assert updates == 1000 // ROWS_PER_UPDATE
+        assert sorted(row["id"] for row in rows) == sorted(f"d{i}" for i in range(1000))
+        assert {row["state"]["n"] for row in rows} == {2}
         running.cancel()
 
 

@@ -1,14 +1,16 @@
 """Live updates for dashboard pages: the event stream, coalesced, fanned out as Server-Sent Events.
 
 One hub follows the gateway's events through a bounded ``Feed`` while any page
-is connected. At most every ``interval`` seconds it turns what arrived into one
-``update`` message (the current rows of the devices that changed, the results
-since the last one, the scene runs that moved, the gateway panel), so a thousand
-devices changing at once cost a page one message, not a thousand.
+is connected. At most every ``interval`` seconds (``busy_interval`` while busy)
+it turns what arrived into one ``update`` message: the current rows of up to
+200 devices that changed (the rest in the next updates, longest waiting first),
+the latest results, the scene runs that moved, and the gateway panel once a
+second. So a thousand devices changing at once cost a page five messages, not
+thousands, and the gateway a bounded amount of work a second, however busy.
 
 Each page has a bounded queue of those messages. A page that does not keep up
 has its queue cleared and gets a ``resync`` (a full snapshot) instead; one whose
-connection stays blocked past ``write_timeout`` is dropped, and the browser's
+connection stays blocked for long (``api.WRITE_TIMEOUT``) is dropped, and the browser's
 EventSource reconnects and starts from a snapshot. Nothing here ever makes the
 dispatcher wait: events are handed over with a deque append.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
 
 RESULTS_PER_UPDATE = 50
 """Results one update carries at most (200 a second); the page is told how many it left out."""
+ROWS_PER_UPDATE = 200
+"""Device rows one update carries at most; the others changed wait for the next, oldest first,
+so a page's cost (and the gateway's) stays bounded however many devices change."""
 BUSY_ROWS = 100
 """Rows in an update that make the next one wait ``busy_interval``, as do left-out results."""
 GATEWAY_EVERY = 1.0
@@ -123,6 +129,7 @@ class LiveHub:
         self._feed: Feed | None = None
         self._following = asyncio.Event()
         self._seq = 0  # the last result sent in an update
+        self._dirty: dict[str, None] = {}  # devices whose rows are due, oldest first
         self._gateway_sent = float("-inf")
 
     @property
@@ -165,7 +172,7 @@ class LiveHub:
     async def _follow(self, feed: Feed) -> None:
         last, interval = 0.0, self._interval
         while self._clients:
-            events = await feed.get()
+            events = [] if self._dirty else await feed.get()  # rows still due: no waiting
             if (wait := last + interval - time.monotonic()) > 0:
                 await asyncio.sleep(wait)  # coalescing: at most one update per interval
             events += feed.take()
@@ -173,6 +180,7 @@ class LiveHub:
             if feed.dropped:
                 feed.dropped = 0
                 self._seq = self._model.seq
+                self._dirty.clear()
                 for client in self._clients:
                     client.fell_behind()
                 continue
@@ -184,26 +192,29 @@ class LiveHub:
 
     def _update(self, events: list[Event]) -> tuple[bytes, bool]:
         """One update for ``events``, and whether it was a busy one."""
-        devices: set[str] = set()
+        devices = self._dirty
         runs: set[str] = set()
         panel_due = time.monotonic() - self._gateway_sent >= GATEWAY_EVERY
         for event in events:  # the most frequent kinds first
             if isinstance(event, ResultPublished):
-                devices.add(event.result.device)
+                devices[event.result.device] = None
                 if "steps" in event.result.extra:
                     runs.add(event.result.id)  # a run ended
             elif isinstance(event, StateChanged | CommandAccepted | AvailabilityChanged):
-                devices.add(event.device)
+                devices[event.device] = None
             elif isinstance(event, StepChanged):
                 runs.add(event.run)
-                devices.add(event.device)
+                devices[event.device] = None
             elif isinstance(event, ConnectionChanged):
                 panel_due = True
+        due = list(itertools.islice(devices, ROWS_PER_UPDATE))
+        for device in due:
+            del devices[device]
         results, left_out = self._model.since(self._seq, RESULTS_PER_UPDATE)
         self._seq = self._model.seq
         body: dict[str, Any] = {
             "seq": self._seq,
-            "devices": self._model.rows(devices),
+            "devices": self._model.rows(due),
             "results": results,
             "results_left_out": left_out,
             "runs": self._model.runs(runs) if runs else [],
@@ -211,4 +222,5 @@ class LiveHub:
         if panel_due:
             self._gateway_sent = time.monotonic()
             body["gateway"] = self._model.gateway()
-        return sse("update", body), left_out > 0 or len(devices) > BUSY_ROWS
+        busy = left_out > 0 or len(due) > BUSY_ROWS or bool(devices)
+        return sse("update", body), busy

@@ -27,7 +27,7 @@ from gateway.core.logs import shorten
 from gateway.core.topics import GATEWAY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from gateway.core.commands import Result
     from gateway.core.device_runner import DeviceRunner
@@ -141,12 +141,19 @@ class DashboardModel:
             recent = self._recent[result.device] = collections.deque(maxlen=RECENT_SIZE)
         if recent is not None:
             recent.append(entry)
+            answered = {
+                "id": result.id,
+                "action": entry["action"],
+                "at": now,
+                "status": entry["status"],
+                "error": entry["error"],
+            }
             last = self._last_command.get(result.device)
             # A later command still queued stays the last one shown.
             if last is None or last["id"] == result.id or last["status"] != "queued":
-                self._last_command[result.device] = entry
+                self._last_command[result.device] = answered
             if result.error is not None:
-                self._last_error[result.device] = entry
+                self._last_error[result.device] = answered
         self._count(now, error=result.error is not None)
         if result.device == GATEWAY and "steps" in result.extra:
             self._finish_run(result, entry)
@@ -249,20 +256,28 @@ class DashboardModel:
     def row(self, runner: DeviceRunner) -> dict[str, Any]:
         """One device's row of the devices table."""
         return {
-            "id": runner.id,
             "type": runner.config.type,
             "depends_on": list(runner.config.depends_on),
-            "status": runner.status.value,
-            "available": runner.available,
-            "state": self._state.get(runner.id),
-            "queue_depth": runner.queue_depth,
-            "last_command": self._last_command.get(runner.id),
-            "last_error": self._last_error.get(runner.id),
+            **self.changes(runner),
         }
 
-    def rows(self, device_ids: set[str]) -> list[dict[str, Any]]:
-        """The rows of ``device_ids`` (ones that are not devices left out)."""
-        return [self.row(r) for d in device_ids if (r := self._fleet.get(d)) is not None]
+    def changes(self, runner: DeviceRunner) -> dict[str, Any]:
+        """The parts of a device's row that change (what live updates carry)."""
+        device = runner.id
+        return {
+            "id": device,
+            "status": runner.status.value,
+            "available": runner.available,
+            "state": self._state.get(device),
+            "queue_depth": runner.queue_depth,
+            "last_command": self._last_command.get(device),
+            "last_error": self._last_error.get(device),
+        }
+
+    def rows(self, device_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """What changes in the rows of ``device_ids`` (ones that are not devices left out)."""
+        get = self._fleet.get
+        return [self.changes(r) for d in device_ids if (r := get(d)) is not None]
 
     def recent(self, device: str) -> list[dict[str, Any]]:
         """A device's recent results, oldest first."""

@@ -119,7 +119,8 @@ function update(data) {
   setLive(true);
   if (data.gateway) renderGateway(data.gateway); // at most once a second
 
-  for (const row of data.devices) {
+  for (const changes of data.devices) { // the changing fields; type and dependencies stay
+    const row = { ...view.devices.get(changes.id), ...changes };
     view.devices.set(row.id, row);
     renderRow(row);
     if (row.id === view.selected) renderDeviceState(row);
