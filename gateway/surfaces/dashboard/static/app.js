@@ -18,6 +18,7 @@ const view = {
   results: [], // its recent results
   token: "",
   live: false,
+  leftOut: 0,
 };
 
 // -- building DOM safely -------------------------------------------------------
@@ -128,6 +129,10 @@ function update(data) {
   if (data.devices.length) {
     renderCount();
     if ($("graph-box").open) renderGraph();
+  }
+  if (data.results_left_out) { // too many to show while busy: counted, not listed
+    view.leftOut += data.results_left_out;
+    $("activity-note").textContent = `${view.leftOut} results not listed while the gateway was busy`;
   }
   const fresh = data.results.filter((r) => r.seq > view.seq);
   view.seq = Math.max(view.seq, data.seq);
