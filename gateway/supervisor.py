@@ -20,7 +20,9 @@ from gateway.core.messages import Inbound, Outbound
 from gateway.core.runtime import Core
 from gateway.core.topics import Topics
 from gateway.surfaces.activity import Activity
+from gateway.surfaces.dashboard import Dashboard, DashboardModel, GatewayFacts
 from gateway.surfaces.homeassistant import Discovery, device_info, http_page
+from gateway.surfaces.homeassistant.payloads import gateway_version
 from gateway.surfaces.http import HttpServer
 from gateway.surfaces.metrics import Metrics
 from gateway.surfaces.standby import RoleCollector, StandbyHttp
@@ -89,9 +91,14 @@ class Gateway:
         self.metrics = Metrics(self.fleet, self.session, lambda: self.connected)
         self.events.subscribe(self.metrics.on_event)
         self.events.subscribe(self._readiness_may_change)
+        self.dashboard = self._dashboard()
         self.http = (
             HttpServer(
-                settings.http, self.not_ready_reason, self.metrics, lambda: self.session.broker
+                settings.http,
+                self.not_ready_reason,
+                self.metrics,
+                broker=lambda: self.session.broker,
+                dashboard=self.dashboard,
             )
             if settings.http is not None
             else None
@@ -125,6 +132,35 @@ class Gateway:
         )
         self.events.subscribe(activity.on_event)
         return discovery, activity
+
+    def _dashboard(self) -> Dashboard | None:
+        """The web dashboard, following the events from the start, when HTTP is on."""
+        http = self.config.settings.http
+        if http is None:
+            return None
+        facts = GatewayFacts(
+            version=gateway_version(),
+            broker=self._broker,
+            reconnects=lambda: self.session.reconnects,
+            journal=self._journal_state,
+            control=http.token is not None,
+        )
+        model = DashboardModel(self.fleet, self.scenes.describe, facts)
+        self.events.subscribe(model.on_event)
+        return Dashboard(
+            http,
+            model=model,
+            events=self.events,
+            fleet=self.fleet,
+            topics=self.topics,
+            submit=self.dispatcher.on_message,
+            gateway_actions=self.dispatcher.gateway_commands.schemas,
+        )
+
+    def _journal_state(self) -> str:
+        if self.core.journal is None:
+            return "off"
+        return self.core.journal_problem or "ok"
 
     @property
     def ready(self) -> bool:

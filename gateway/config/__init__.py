@@ -73,6 +73,8 @@ ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV_VAR = "GATEWAY_CONFIG"  # names the file; not a setting
 # MQTT's longest password: Binary Data has a two-byte length (MQTT 5.0, 1.5.6).
 MAX_PASSWORD_BYTES = 65535
+MIN_TOKEN_LENGTH = 16
+"""The shortest dashboard token taken: a guessable one would be no control at all."""
 
 
 class ConfigError(Exception):
@@ -226,7 +228,7 @@ class GatewaySettings(_Section):
 
 
 class HttpSettings(_Section):
-    """The health and metrics endpoint."""
+    """The health and metrics endpoint, and the dashboard with its API."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=9100, ge=0, le=65535)
@@ -236,6 +238,13 @@ class HttpSettings(_Section):
     """Seconds a kept-alive connection may sit without a request."""
     max_connections: int = Field(default=100, ge=1)
     """Connections served at once; more wait in the kernel's backlog."""
+    token: SecretStr | None = Field(default=None, min_length=MIN_TOKEN_LENGTH)
+    """Allows control from the dashboard and its API, sent as ``Authorization: Bearer``.
+
+    Without one the dashboard is read-only. Set from ``token_file`` when that is given.
+    """
+    token_file: Path | None = None
+    """A file holding the token (one trailing newline dropped); not with ``token``."""
 
 
 class HomeAssistantSettings(_Section):
@@ -343,6 +352,8 @@ def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
     mqtt = settings.mqtt if settings else _raw_mqtt(raw)
     password, file_problems = _read_mqtt_files(mqtt) if mqtt else (None, [])
     problems += file_problems
+    token, token_problems = _read_http_token(settings.http if settings else None)
+    problems += token_problems
     entries = settings.devices if settings else _raw_list(raw, "devices")
     devices, device_problems = validate_devices(entries, registry)
     problems += device_problems
@@ -355,7 +366,8 @@ def load_config(path: str | Path | None, registry: AdapterRegistry) -> Config:
         )
     if problems or settings is None:
         raise ConfigError(overrides.name_origins(problems))
-    return Config(settings=_with_password(settings, password), devices=tuple(devices.values()))
+    settings = _with_token(_with_password(settings, password), token)
+    return Config(settings=settings, devices=tuple(devices.values()))
 
 
 def settings_from_environment() -> Settings:
@@ -380,6 +392,30 @@ def _with_password(settings: Settings, password: SecretStr | None) -> Settings:
         return settings
     mqtt = settings.mqtt.model_copy(update={"password": password})
     return settings.model_copy(update={"mqtt": mqtt})
+
+
+def _with_token(settings: Settings, token: SecretStr | None) -> Settings:
+    """``settings`` with the HTTP token read from ``token_file``, if there was one."""
+    if token is None or settings.http is None:
+        return settings
+    return settings.model_copy(
+        update={"http": settings.http.model_copy(update={"token": token, "token_file": None})}
+    )
+
+
+def _read_http_token(http: HttpSettings | None) -> tuple[SecretStr | None, list[str]]:
+    """The dashboard's token from ``http.token_file``, and what stops it being read."""
+    if http is None or http.token_file is None:
+        return None, []
+    if http.token is not None:
+        return None, ["http.token_file: set either token or token_file"]
+    try:
+        token = _read_password(http.token_file)
+    except ValueError as exc:
+        return None, [f"http.token_file: {exc}"]
+    if len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+        return None, [f"http.token_file: at least {MIN_TOKEN_LENGTH} characters"]
+    return token, []
 
 
 def _unknown_top_level_keys(raw: Mapping[str, Any]) -> list[str]:

@@ -281,6 +281,8 @@ class Dispatcher:
             _log_error(result)
         if payload is None:
             payload = result.to_json()
+        if message.reply is not None:
+            message.reply(payload)
         topic = self._topics.result(result.device)
         self._publish(answering(message, topic, payload))
         if message.response_topic:

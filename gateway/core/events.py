@@ -67,7 +67,31 @@ class ConnectionChanged:
     connected: bool
 
 
-Event = CommandAccepted | ResultPublished | StateChanged | AvailabilityChanged | ConnectionChanged
+@dataclass(frozen=True, slots=True)
+class StepChanged:
+    """A step of a running scene or step list was queued on its device, or finished.
+
+    ``run`` is the scene command's id, ``scene`` its name (None for ``run_steps``);
+    ``status`` is ``running``, then ``ok``, ``error`` or ``skipped``.
+    """
+
+    run: str
+    scene: str | None
+    step: str
+    device: str
+    action: str
+    status: str
+    error: Mapping[str, str] | None = None
+
+
+Event = (
+    CommandAccepted
+    | ResultPublished
+    | StateChanged
+    | AvailabilityChanged
+    | ConnectionChanged
+    | StepChanged
+)
 
 
 class EventStream:
@@ -126,6 +150,10 @@ class Feed:
         while not self._events:
             self._arrived.clear()
             await self._arrived.wait()
+        return self.take()
+
+    def take(self) -> list[Event]:
+        """Every buffered event now, perhaps none: never waits."""
         events = list(self._events)
         self._events.clear()
         return events

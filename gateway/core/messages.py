@@ -26,6 +26,8 @@ class Inbound:
     correlation_data: bytes | None = None
     settle: Callable[[], None] = _nothing
     """Call once the message is dealt with (its result published): acknowledges it."""
+    reply: Callable[[bytes], None] | None = None
+    """Also given the result payload, for a command that came from inside (the dashboard)."""
 
     def settled_by(self, settle: Callable[[], None]) -> Inbound:
         """This message with ``settle`` (cheaper than ``dataclasses.replace``, per message)."""
@@ -36,6 +38,7 @@ class Inbound:
             self.response_topic,
             self.correlation_data,
             settle,
+            self.reply,
         )
 
 

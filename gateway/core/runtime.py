@@ -68,7 +68,9 @@ class Core:
             )
         )
         self._journal_opened = False
-        self.scenes = SceneRunner(settings.scenes, self.fleet, registry, self.lifecycle)
+        self.scenes = SceneRunner(
+            settings.scenes, self.fleet, registry, self.lifecycle, events=events
+        )
         self.dispatcher = Dispatcher(
             settings.gateway,
             topics,

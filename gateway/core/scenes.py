@@ -19,6 +19,7 @@ from gateway.core.commands import Command, Result
 from gateway.core.dedupe import Interrupted, compact
 from gateway.core.device_runner import Job
 from gateway.core.errors import CommandError, ErrorCode, validate_params
+from gateway.core.events import EventStream, StepChanged
 from gateway.core.journal import JournalUnavailableError, durable_start
 from gateway.core.lifecycle import Lifecycle
 from gateway.core.steps import Scene, Step, StepList, check_steps
@@ -55,6 +56,14 @@ def register(commands: GatewayCommands, runner: SceneRunner) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class _Run:
+    """One running scene or step list: its command, and its scene's name if it has one."""
+
+    command: Command
+    scene: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedStep:
     """A validated step, bound to its device runner."""
 
@@ -72,8 +81,12 @@ class SceneRunner:
         fleet: Fleet,
         registry: AdapterRegistry,
         lifecycle: Lifecycle | None = None,
+        events: EventStream | None = None,
     ) -> None:
-        """Nothing runs until ``run``; ``lifecycle`` says when to take no more."""
+        """Nothing runs until ``run``; ``lifecycle`` says when to take no more.
+
+        ``events`` gets each step's progress (``StepChanged``).
+        """
         self._scenes = scenes
         self._fleet = fleet
         self._registry = registry
@@ -82,6 +95,7 @@ class SceneRunner:
         self._stop = asyncio.Event()
         self._journal: Journal | None = None
         self._recall: Recall = lambda _device, _id: None
+        self._events = EventStream() if events is None else events
 
     def journal_steps(self, journal: Journal, recall: Recall) -> None:
         """Journal the steps of scenes with ids, as device commands are (contract 10).
@@ -113,7 +127,7 @@ class SceneRunner:
                 f"params.scene: unknown scene {params.scene!r} ({known})",
             )
         plan = self.plan(scene.steps, where=f"scenes.{params.scene}.steps")
-        return lambda: self.start(command, plan)
+        return lambda: self.start(command, plan, scene=params.scene)
 
     def prepare_steps(self, command: Command, params: RunSteps) -> Begin:
         """Check a ``run_steps`` command; what it returns runs its steps."""
@@ -134,12 +148,17 @@ class SceneRunner:
             planned.append(PlannedStep(step, runner, params))
         return planned
 
-    def start(self, command: Command, plan: list[PlannedStep]) -> asyncio.Future[Result]:
-        """Run a planned command in the background; the future gets its result."""
+    def start(
+        self, command: Command, plan: list[PlannedStep], scene: str | None = None
+    ) -> asyncio.Future[Result]:
+        """Run a planned command (of ``scene``, if named) in the background.
+
+        The future gets its result.
+        """
         if self._tasks is None or not self._lifecycle.accepting:
             raise CommandError(ErrorCode.CANCELLED, "the gateway is shutting down")
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._tasks.create_task(self._run(command, plan, done))
+        self._tasks.create_task(self._run(_Run(command, scene), plan, done))
         return done
 
     async def run(self) -> None:
@@ -151,16 +170,15 @@ class SceneRunner:
         """``run`` returns once the running scenes have answered (the core is draining)."""
         self._stop.set()
 
-    async def _run(
-        self, command: Command, plan: list[PlannedStep], done: asyncio.Future[Result]
-    ) -> None:
+    async def _run(self, run: _Run, plan: list[PlannedStep], done: asyncio.Future[Result]) -> None:
+        command = run.command
         started = time.monotonic()
         outcomes: dict[str, asyncio.Future[dict[str, Any]]] = {
             p.step.id: asyncio.get_running_loop().create_future() for p in plan
         }
         async with asyncio.TaskGroup() as tasks:
             for planned in plan:
-                tasks.create_task(self._run_step(command, planned, outcomes))
+                tasks.create_task(self._run_step(run, planned, outcomes))
         steps = {step_id: outcome.result() for step_id, outcome in outcomes.items()}
         failed = [step_id for step_id, s in steps.items() if s["status"] != "ok"]
         error = None
@@ -179,14 +197,19 @@ class SceneRunner:
 
     async def _run_step(
         self,
-        command: Command,
+        run: _Run,
         planned: PlannedStep,
         outcomes: Mapping[str, asyncio.Future[dict[str, Any]]],
     ) -> None:
-        step = planned.step
+        command, step = run.command, planned.step
+
+        def settle(outcome: dict[str, Any]) -> None:
+            outcomes[step.id].set_result(outcome)
+            self._step_changed(run, step, outcome["status"], outcome["error"])
+
         for dep in step.after:
             if (await asyncio.shield(outcomes[dep]))["status"] != "ok":
-                outcomes[step.id].set_result(self._not_run(f"step {dep!r} did not succeed"))
+                settle(self._not_run(f"step {dep!r} did not succeed"))
                 return
         job = Job(
             Command(action=step.action, id=f"{command.id}/{step.id}", params=step.params),
@@ -194,7 +217,7 @@ class SceneRunner:
         )
         journal = self._journal if command.given_id else None
         if journal is not None and (earlier := self._recall(planned.runner.id, job.command.id)):
-            outcomes[step.id].set_result(_recalled(earlier))
+            settle(_recalled(earlier))
             return
         if journal is not None:
             job.before_run = durable_start(
@@ -202,18 +225,27 @@ class SceneRunner:
             )
         try:
             planned.runner.submit(job)
+            self._step_changed(run, step, "running", None)
             result = await asyncio.shield(job.done)
         except CommandError as exc:
-            outcomes[step.id].set_result(_outcome("error", exc.as_json(), 0.0))
+            settle(_outcome("error", exc.as_json(), 0.0))
             return
         if journal is not None and (result.error is None or result.state is not None):
             # It ran: recorded before the scene's result can be published.
             with contextlib.suppress(JournalUnavailableError):
                 await journal.finished(planned.runner.id, job.command.id, compact(result, b"{}"))
         error = None if result.error is None else result.error.as_json()
-        outcomes[step.id].set_result(
-            _outcome("ok" if error is None else "error", error, result.duration_ms, result)
-        )
+        settle(_outcome("ok" if error is None else "error", error, result.duration_ms, result))
+
+    def _step_changed(
+        self, run: _Run, step: Step, status: str, error: dict[str, str] | None
+    ) -> None:
+        if self._events.wanted:
+            self._events.emit(
+                StepChanged(
+                    run.command.id, run.scene, step.id, step.device, step.action, status, error
+                )
+            )
 
     def _not_run(self, why: str) -> dict[str, Any]:
         if not self._lifecycle.accepting:

@@ -1,4 +1,4 @@
-"""The HTTP endpoint (contract §8): liveness, readiness and Prometheus metrics.
+"""The HTTP endpoint (contract §8): liveness, readiness, Prometheus metrics and the dashboard.
 
 Built to survive clients it did not ask for: a deadline for request headers, an
 idle timeout, a cap on connections below the open-file limit, and logs that
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.config import HttpSettings
+    from gateway.surfaces.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class MetricsSource(Protocol):
 
 
 class HttpServer:
-    """Serves ``/healthz``, ``/readyz`` and ``/metrics`` until stopped."""
+    """Serves ``/healthz``, ``/readyz``, ``/metrics`` and the dashboard until stopped."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class HttpServer:
         not_ready_reason: Callable[[], str | None],
         metrics: MetricsSource,
         broker: Callable[[], str] | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         """Nothing listens until ``run``.
 
@@ -66,11 +68,13 @@ class HttpServer:
             not_ready_reason: Why the gateway is not ready, or None when it is.
             metrics: What ``/metrics`` exposes.
             broker: The ``host:port`` of the broker in use, for ``/readyz``.
+            dashboard: The page at ``/`` and its API under ``/api/``, if any.
         """
         self._settings = settings
         self._not_ready_reason = not_ready_reason
         self._metrics = metrics
         self._broker = broker
+        self._dashboard = dashboard
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         self.port: int | None = None
@@ -109,13 +113,18 @@ class HttpServer:
         listeners = await self._listen()
         try:
             async with asyncio.TaskGroup() as tasks:
-                accepting = [
+                serving = [
                     tasks.create_task(acceptor.serve(listener), name="http-accept")
                     for listener in listeners
                 ]
+                if self._dashboard is not None:
+                    live = self._dashboard.live
+                    serving.append(tasks.create_task(live.run(), name="dashboard-live"))
                 self.started.set()
                 await self._stop.wait()
-                for task in accepting:
+                if self._dashboard is not None:
+                    self._dashboard.live.close_all()  # open event streams end now
+                for task in serving:
                     task.cancel()
         finally:
             for listener in listeners:
@@ -152,14 +161,23 @@ class HttpServer:
                 f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}"
             ) from exc
         self.port = int(listeners[0].getsockname()[1])
-        log.info("HTTP: /healthz, /readyz and /metrics on %s port %d", host, self.port)
+        log.info(
+            "HTTP: /healthz, /readyz, /metrics%s on %s port %d",
+            "" if self._dashboard is None else " and the dashboard",
+            host,
+            self.port,
+        )
         return listeners
 
     def _app(self) -> web.Application:
+        # aiohttp reads bodies up to 1 MiB (413 beyond): a command over the gateway's
+        # smaller max_payload_bytes is answered payload_too_large, as over MQTT.
         app = web.Application(middlewares=[time_headers])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
+        if self._dashboard is not None:
+            self._dashboard.install(app)
         return app
 
     async def _healthz(self, _request: web.Request) -> web.Response:
