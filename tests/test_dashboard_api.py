@@ -23,26 +23,13 @@ if TYPE_CHECKING:
     from gateway import Config
     from tests.broker import Broker
     from tests.probe import Probe
+from tests.test_scenes import MORNING as SCENE_STEPS
 
 TOKEN = "a-long-enough-test-token"  # noqa: S105 - a test's own
 HTTP = {"host": "127.0.0.1", "port": 0}
 CONTROL = {**HTTP, "token": TOKEN}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-MORNING = {
-    "morning": {
-        "steps": [
-            {"id": "lights", "device": "light", "action": "turn_on"},
-            {"id": "speaker_on", "device": "speaker", "action": "turn_on"},
-            {
-                "id": "song",
-                "device": "speaker",
-                "action": "play",
-                "params": {"song": "Imagine"},
-                "after": ["speaker_on"],
-            },
-        ]
-    }
-}
+MORNING = {"morning": SCENE_STEPS}  # the scene tests' morning scene
 
 
 def base_url(gateway: Gateway) -> str:

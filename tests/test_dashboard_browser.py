@@ -20,6 +20,7 @@ import pytest_asyncio
 
 from gateway import AdapterRegistry, running_gateway
 from tests.probe import Probe
+from tests.test_scenes import MORNING as SCENE_STEPS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -49,21 +50,7 @@ pytestmark = [
 
 TOKEN = "a-long-enough-test-token"  # noqa: S105 - a test's own
 HTTP = {"host": "127.0.0.1", "port": 0}
-MORNING = {
-    "morning": {
-        "steps": [
-            {"id": "lights", "device": "light", "action": "turn_on"},
-            {"id": "speaker_on", "device": "speaker", "action": "turn_on"},
-            {
-                "id": "song",
-                "device": "speaker",
-                "action": "play",
-                "params": {"song": "Imagine"},
-                "after": ["speaker_on"],
-            },
-        ]
-    }
-}
+MORNING = {"morning": SCENE_STEPS}  # the scene tests' morning scene
 # Where a test leaves its screenshot, when asked (the one in docs/ was made so).
 SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
 
