@@ -120,8 +120,9 @@ async def test_an_unwritable_journal_refuses_ids_runs_the_rest_and_recovers(
     assert len([r for r in results_by_id(probe, "c")["with-id"] if r["status"] == "ok"]) == 1
 
 
-def mount_tmpfs(mount_point: Path, options: str) -> None:
-    """A real tmpfs (mounting needs root: the test is skipped without it)."""
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs, unmounted on exit (mounting needs root: skipped without it)."""
     mount_point.mkdir(exist_ok=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
@@ -130,28 +131,24 @@ def mount_tmpfs(mount_point: Path, options: str) -> None:
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 300 KB tmpfs."""
-    mount_point = tmp_path / "small-disk"
-    mount_tmpfs(mount_point, "size=300k")
-    try:
+    with mounted_tmpfs(tmp_path / "small-disk", "size=300k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs: not even root writes there until it is remounted."""
-    mount_point = tmp_path / "read-only"
-    mount_tmpfs(mount_point, "size=1m,ro")
-    try:
+    with mounted_tmpfs(tmp_path / "read-only", "size=1m,ro") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def test_a_read_only_directory_refuses_ids_until_it_is_writable(

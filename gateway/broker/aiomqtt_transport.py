@@ -555,11 +555,8 @@ async def tool_client(settings: MqttSettings) -> AsyncIterator[ToolClient]:
                 if protocol == "5" and _refused_v5(exc) is not None:
                     continue
                 break
-            try:
-                yield ToolClient(client)
-            finally:
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await client.__aexit__(None, None, None)
+            async with _connected(client) as connected:
+                yield connected
             return
     raise ConnectionError(f"cannot connect to {'; '.join(problems)}")
 
@@ -605,13 +602,20 @@ async def watcher_client(
         except aiomqtt.MqttError as exc:
             problems.append(f"{_address(host, port)}: {exc}")
             continue
-        try:
-            yield ToolClient(client)
-        finally:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.__aexit__(None, None, None)
+        async with _connected(client) as connected:
+            yield connected
         return
     raise ConnectionError(f"cannot connect to {'; '.join(problems)}")
+
+
+@contextlib.asynccontextmanager
+async def _connected(client: aiomqtt.Client) -> AsyncIterator[ToolClient]:
+    """A client already entered, as a ``ToolClient``; disconnected on exit."""
+    try:
+        yield ToolClient(client)
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
 
 
 def _tool_client(settings: MqttSettings, host: str, port: int, protocol: str) -> aiomqtt.Client:
