@@ -5,7 +5,7 @@ session (``gateway/broker/session.py``): CONNECT with the will and session
 properties, subscribe, QoS 1 publish completed by its PUBACK's reason, manual
 PUBACKs, and each inbound message with its DUP flag. aiomqtt 2.5 offers none of
 the last three, and its per-message paths cost a sixth of the gateway's CPU, so
-the connection reaches the paho client aiomqtt wraps (``_Link``, ``_WritesInLoop``,
+the connection reaches the paho client aiomqtt wraps (``_Link``, ``WritesInLoop``,
 ``ToolClient``); ``tests/test_transport_pins.py`` pins each private detail used,
 so an aiomqtt upgrade fails in CI, not at run time. The session above it knows
 nothing of either library (``gateway/broker/transport.py``).
@@ -104,7 +104,7 @@ class AiomqttTransport:
             raise TransportError(f"{failed}: {exc}") from exc
         try:
             try:
-                _WritesInLoop(client)  # only now: paho sent the CONNECT from another thread
+                WritesInLoop(client)  # only now: paho sent the CONNECT from another thread
                 yield link
             finally:
                 await client.__aexit__(None, None, None)
@@ -376,7 +376,7 @@ class _Link:
         handler.received(inbound, message.mid, message.qos, message.dup)
 
 
-class _WritesInLoop:
+class WritesInLoop:
     """Paho's queued packets written once per event-loop pass, from the loop's thread.
 
     For each burst paho has to send, aiomqtt asks the loop, thread-safely, to

@@ -21,6 +21,7 @@ from gateway.core.logs import Throttle, shorten
 from gateway.core.messages import Inbound, Outbound, answering
 from gateway.core.scenes import register as register_scenes
 from gateway.core.topics import GATEWAY
+from gateway.core.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -68,7 +69,8 @@ class Dispatcher:
         self._refusal_log = Throttle()
         self._lifecycle = Lifecycle() if lifecycle is None else lifecycle
         self._journal = journal
-        self._journal_writes: set[asyncio.Future[None]] = set()  # results waiting on them
+        self._unpublished = 0  # results waiting for their journal record
+        self._published = Wakeup()
         self._journal_log = Throttle()
 
     def restore(self, records: list[Record]) -> None:
@@ -85,8 +87,7 @@ class Dispatcher:
 
     async def journal_settled(self) -> None:
         """Wait until every result waiting for its journal record is published."""
-        while self._journal_writes:
-            await asyncio.wait(set(self._journal_writes))
+        await self._published.until(lambda: not self._unpublished)
 
     def on_message(self, message: Inbound) -> None:
         """Handle one inbound message; every command message gets one result."""
@@ -205,12 +206,11 @@ class Dispatcher:
         publish: Callable[[], None],
     ) -> None:
         """Journal the result, then publish it (in the same pass as the commit)."""
-        settled = asyncio.get_running_loop().create_future()  # for journal_settled
-        self._journal_writes.add(settled)
+        self._unpublished += 1
 
         def then(error: str | None) -> None:
-            self._journal_writes.discard(settled)
-            settled.set_result(None)
+            self._unpublished -= 1  # published next, before anything else runs
+            self._published.fire()
             if error is not None:
                 self._log_unrecorded(command_id, error)
             publish()
