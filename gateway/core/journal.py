@@ -92,7 +92,9 @@ class JournalUnavailableError(Exception):
 Record = tuple[str, str, float, "Answered | None"]
 # Told, on the event loop, once its record is durable: None, or why it is not.
 Durable: TypeAlias = "Callable[[str | None], None]"
-_Batch = tuple[list[Record], list[Durable]]
+# A future is told by getting that as its result.
+_Waiter: TypeAlias = "Durable | asyncio.Future[str | None]"
+_Batch = tuple[list[Record], list[_Waiter]]
 # What the thread is asked to do besides writing a batch.
 _STOP, _RETRY, _CHECKPOINT, _CHECKPOINT_ALONE = "stop", "retry", "checkpoint", "alone"
 
@@ -121,7 +123,7 @@ class Journal:
         self._checkpointer: sqlite3.Connection | None = None  # the thread's own
         self._bytes = 0  # the sizes of the rows held, for the byte budget
         self._pending: list[Record] = []
-        self._waiters: list[Durable] = []
+        self._waiters: list[_Waiter] = []
         self._flush_scheduled = False
         self._first_committed = False  # this pass's first record was committed at once
         self._several_per_pass = False  # the last pass that asked for records asked for more
@@ -168,22 +170,24 @@ class Journal:
         """Record that the command is about to run; resolved once durable."""
         return self._future_of((device, command_id, time.time(), None))
 
-    async def start(self, device: str, command_id: str) -> None:
-        """``started``, awaited without a pass of the loop when it can be.
+    async def start(self, device: str, command_id: str) -> str | None:
+        """``started``, lighter: None once durable, or why it cannot be.
 
-        A record committed at once (see ``_add``) needs no future. Otherwise its
-        transaction is queued ahead of this task's next step, so after one yield
-        it is usually written, and the task goes on in that same pass instead of
-        waiting for its future's wake-up in the pass after.
+        A record committed at once (see ``_first_commits_now``) needs no future.
+        Otherwise its transaction is queued ahead of this task's next step, so
+        after one yield it is usually written, and the task goes on in that same
+        pass instead of waiting for its future's wake-up in the pass after.
         """
+        if self.problem is not None:
+            return self.problem
         record = (device, command_id, time.time(), None)
-        if self.problem is None and self._first_commits_now():
-            if (error := self._commit_first(record)) is not None:
-                raise JournalUnavailableError(error)
-            return
-        written = self._future_of(record)
+        if self._first_commits_now():
+            return self._commit_first(record)
+        assert self._loop is not None  # noqa: S101 - open() came first
+        written: asyncio.Future[str | None] = self._loop.create_future()
+        self._queue(record, written)
         await asyncio.sleep(0)
-        await written  # done already, unless the thread has the file (or it failed)
+        return await written  # done already, unless the thread has the file
 
     def finished(self, device: str, command_id: str, answered: Answered) -> asyncio.Future[None]:
         """Record the command's result; resolved once durable."""
@@ -218,10 +222,14 @@ class Journal:
         elif self._first_commits_now():
             then(self._commit_first(record))
         else:
-            self._pending.append(record)
-            self._waiters.append(then)
-            if not self._flush_scheduled:
-                self._schedule_flush()
+            self._queue(record, then)
+
+    def _queue(self, record: Record, waiter: _Waiter) -> None:
+        """For the transaction at the start of the next pass."""
+        self._pending.append(record)
+        self._waiters.append(waiter)
+        if not self._flush_scheduled:
+            self._schedule_flush()
 
     def _first_commits_now(self) -> bool:
         """While records come one per pass, the first of a pass is committed at once.
@@ -283,7 +291,7 @@ class Journal:
     def _handed_back(
         self,
         items: int,
-        waiters: list[Durable] | None = None,
+        waiters: list[_Waiter] | None = None,
         error: str | None = None,
     ) -> None:
         """The thread is done with ``items`` (and with the file): runs on the loop."""
@@ -292,8 +300,12 @@ class Journal:
             self._set_problem(error)
             self._committed(waiters, error)
 
-    def _committed(self, waiters: list[Durable], error: str | None) -> None:
+    def _committed(self, waiters: list[_Waiter], error: str | None) -> None:
         for then in waiters:
+            if isinstance(then, asyncio.Future):  # from ``start``
+                if not then.done():  # else its caller gave up
+                    then.set_result(error)
+                continue
             try:
                 then(error)
             except Exception:  # one waiter's bug must not keep the others waiting
@@ -594,12 +606,10 @@ def durable_start(
     """
 
     async def started() -> CommandError | None:
-        try:
-            await journal.start(device, command_id)
-        except JournalUnavailableError as exc:
-            return CommandError(
-                ErrorCode.JOURNAL_UNAVAILABLE, f"the journal cannot be written ({exc}); {refused}"
-            )
-        return None
+        if (problem := await journal.start(device, command_id)) is None:
+            return None
+        return CommandError(
+            ErrorCode.JOURNAL_UNAVAILABLE, f"the journal cannot be written ({problem}); {refused}"
+        )
 
     return started
