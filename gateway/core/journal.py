@@ -57,6 +57,8 @@ WAL_BYTES_LIMIT = 32 * 1024 * 1024
 # a record is about 100 to 300 bytes: 1 KB pages write a quarter of what the
 # default 4 KB do, so the WAL grows (and needs that pause) four times less often.
 PAGE_SIZE = 1024
+# Room a write must find before the journal counts as writable (see ``_probe``).
+PROBE_ROOM = 8 * 1024
 # A WAL that grew past this (a burst of large results) is cut back to it once copied.
 WAL_SIZE_LIMIT = 8 * 1024 * 1024
 _NOT_OPEN = "not open yet"
@@ -381,7 +383,14 @@ class Journal:
 
     @staticmethod
     def _probe(db: sqlite3.Connection) -> None:
-        """A real write: opening a read-only file succeeds, writing it does not."""
+        """Real writes, with room to spare, before the file counts as writable.
+
+        Opening a read-only file succeeds, writing it does not. And on a nearly
+        full disk a write of one page can fit in the WAL's last block while the
+        next commit does not: without the spare room the journal would flap
+        between writable and not with each command.
+        """
+        db.execute("INSERT OR REPLACE INTO probe VALUES (1, zeroblob(?))", (PROBE_ROOM,))
         db.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),))
 
     def _move_aside(self, exc: BaseException) -> None:
