@@ -45,6 +45,28 @@ class Received:
         return json.loads(self.payload)
 
 
+class FirstResults:
+    """A ``wait_for`` match: the first result on ``topic`` for each of ``ids``.
+
+    A result that comes again (QoS 1 is at least once) or a ``duplicate`` answer
+    to a redelivery does not count twice; ``answered`` holds the ids seen.
+    """
+
+    def __init__(self, topic: str, ids: list[str]) -> None:
+        """Match results on ``topic`` for ``ids``."""
+        self.topic = topic
+        self.wanted = set(ids)
+        self.answered: set[str] = set()
+
+    def __call__(self, message: Received) -> bool:
+        """True for the first result of a wanted id."""
+        command_id = message.json.get("id") if message.topic == self.topic else None
+        if command_id not in self.wanted or command_id in self.answered:
+            return False
+        self.answered.add(command_id)
+        return True
+
+
 class Probe:
     """Subscribes to ``topics``, records every message, publishes on demand."""
 

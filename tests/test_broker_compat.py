@@ -25,7 +25,7 @@ from gateway import AdapterRegistry, load_config, running_gateway
 from tests import compat_brokers
 from tests.compat_brokers import Aedes, Target
 from tests.conftest import FAST, deep_merge, gateway_process
-from tests.probe import Probe, Received
+from tests.probe import FirstResults, Probe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -146,20 +146,11 @@ class Run:
         self, probe: Probe, ids: list[str], *, timeout: float = 40
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Results for ``ids`` once each has one (or after ``timeout``), and the ids without."""
-        topic, wanted = f"{self.base}/c/result", set(ids)
-        answered: set[str] = set()
-
-        def first_for_its_id(message: Received) -> bool:
-            command_id = message.json.get("id") if message.topic == topic else None
-            if command_id not in wanted or command_id in answered:
-                return False
-            answered.add(command_id)
-            return True
-
+        first = FirstResults(f"{self.base}/c/result", ids)
         with contextlib.suppress(TimeoutError):
-            await probe.wait_for(first_for_its_id, count=len(ids), timeout=timeout)
-        results = [m.json for m in probe.on(topic) if m.json.get("id") in wanted]
-        return results, [command_id for command_id in ids if command_id not in answered]
+            await probe.wait_for(first, count=len(ids), timeout=timeout)
+        results = [m.json for m in probe.on(first.topic) if m.json.get("id") in first.wanted]
+        return results, [command_id for command_id in ids if command_id not in first.answered]
 
 
 def assert_each_ran_once(results: list[dict[str, Any]], ids: list[str]) -> None:

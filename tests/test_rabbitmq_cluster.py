@@ -29,7 +29,7 @@ import pytest
 from gateway import AdapterRegistry, load_config, running_gateway
 from gateway.core.events import ConnectionChanged
 from tests.conftest import FAST, deep_merge
-from tests.probe import Probe, Received
+from tests.probe import FirstResults, Probe
 from tests.test_broker_compat import assert_each_ran_once
 
 if TYPE_CHECKING:
@@ -86,17 +86,8 @@ async def test_the_gateway_carries_on_through_another_node_when_its_own_stops(
                 stopped_at = time.monotonic()
                 await asyncio.to_thread(subprocess.run, [str(CLUSTER), "stop", "1"], check=True)
             await probe.publish(f"{base}/c/command", {"action": "increment", "id": command_id})
-        topic, wanted = f"{base}/c/result", set(ids)
-        seen: set[str] = set()
-
-        def new_answer(message: Received) -> bool:
-            command_id = message.json.get("id") if message.topic == topic else None
-            if command_id not in wanted or command_id in seen:
-                return False
-            seen.add(command_id)
-            return True
-
-        await probe.wait_for(new_answer, count=COMMANDS, timeout=120)
+        topic = f"{base}/c/result"
+        await probe.wait_for(FirstResults(topic, ids), count=COMMANDS, timeout=120)
         results = [m.json for m in probe.on(topic)]
         assert gateway.session.broker == NODES[1]
         assert (gateway.session.reconnects, gateway.session.session_lost) == (1, 0)
